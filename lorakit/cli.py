@@ -1,0 +1,45 @@
+"""The `lorakit` command line: one sub-command per pipeline stage.
+
+Every sub-command lives next to the code it drives and exposes
+``register(subparsers)``; this file only wires them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from lorakit.errors import LorakitError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (sub-commands registered from their packages)."""
+    from lorakit.adapters import cli as adapters_cli
+    from lorakit.data import cli as data_cli
+
+    parser = argparse.ArgumentParser(prog="lorakit", description="LoRA fine-tuning of small language models, CPU first.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    adapters_cli.register(sub)
+    data_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except LorakitError as exc:
+        print(f"lorakit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lorakit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

