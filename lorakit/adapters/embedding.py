@@ -1,0 +1,97 @@
+"""LoRA on `nn.Embedding`: a low-rank update of the lookup table.
+
+PEFT's layout: ``lora_embedding_A`` (r, num_embeddings) starts at zero and
+``lora_embedding_B`` (dim, r) is normal, so the output starts equal to the base's
+(the reverse of the Linear init, as in the LoRA reference code).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorakit.adapters.config import LoraConfig
+from lorakit.adapters.dora import DoraMagnitude
+from lorakit.adapters.layers import LoraLayer
+
+
+class LoraEmbedding(LoraLayer):
+    """Wraps an `nn.Embedding` (or a subclass that scales its output, like Gemma's)."""
+
+    def __init__(self, base_layer: nn.Embedding) -> None:
+        super().__init__(base_layer)
+        self.num_embeddings, self.embedding_dim = base_layer.weight.shape
+        self.lora_embedding_A = nn.ParameterDict()
+        self.lora_embedding_B = nn.ParameterDict()
+
+    @classmethod
+    def from_base(cls, base_layer: nn.Embedding, name: str, config: LoraConfig) -> "LoraEmbedding":
+        """Wrap `base_layer` and add adapter `name`."""
+        layer = cls(base_layer)
+        layer.add_adapter(name, config)
+        return layer
+
+    def _adapter_attrs(self) -> tuple[str, ...]:
+        return ("lora_embedding_A", "lora_embedding_B")
+
+    @staticmethod
+    def param_shapes(base_layer: nn.Embedding, config: LoraConfig) -> dict[str, tuple[int, ...]]:
+        """Saved key -> shape of one adapter on `base_layer` (used to check a file before loading)."""
+        num, dim = base_layer.weight.shape
+        shapes = {"lora_embedding_A": (config.r, num), "lora_embedding_B": (dim, config.r)}
+        if config.use_dora:
+            shapes["lora_magnitude_vector"] = (dim,)
+        return shapes
+
+    def add_adapter(self, name: str, config: LoraConfig) -> None:
+        """Create A (r, num_embeddings) = 0 and B (dim, r) ~ N(0, 1)."""
+        w = self.base_layer.weight
+        self.lora_embedding_A[name] = nn.Parameter(torch.zeros(config.r, self.num_embeddings, device=w.device, dtype=w.dtype))
+        self.lora_embedding_B[name] = nn.Parameter(torch.randn(self.embedding_dim, config.r, device=w.device, dtype=w.dtype))
+        self._add_common(name, config)
+        if config.use_dora:
+            self.lora_magnitude_vector[name] = DoraMagnitude.from_weights(
+                w.T, self.lora_embedding_B[name] @ self.lora_embedding_A[name], config.scaling
+            )
+
+    @property
+    def weight_out_dim(self) -> int:
+        return 1  # DoRA's norm runs per embedding feature (columns of the (num, dim) table)
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """(num_embeddings, dim)."""
+        B, A = self.lora_embedding_B[name].float(), self.lora_embedding_A[name].float()
+        return (B @ A).T * self.scaling[name]
+
+    def _embed(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        return F.embedding(ids, table, padding_idx=base.padding_idx, max_norm=base.max_norm,
+                           norm_type=base.norm_type, scale_grad_by_freq=base.scale_grad_by_freq, sparse=base.sparse)
+
+    def _embed_scale(self) -> torch.Tensor | float | None:
+        scale = getattr(self.base_layer, "embed_scale", None)
+        return scale.to(self.base_layer.weight.dtype) if isinstance(scale, torch.Tensor) else scale
+
+    def forward(self, ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """ids (...) -> (..., dim)."""
+        result = self.base_layer(ids, *args, **kwargs)
+        if not self._use_adapters():
+            return result
+        embed_scale = self._embed_scale()
+        for name in self.active_adapters:
+            if name not in self.lora_embedding_A:
+                continue
+            A, B = self.lora_embedding_A[name], self.lora_embedding_B[name]
+            out = (self._embed(ids, A.T) @ B.T) * self.scaling[name]
+            if name in self.lora_magnitude_vector:
+                scale = self.lora_magnitude_vector[name].scale(self.base_layer.weight.T, B @ A, self.scaling[name])
+                out = scale * out
+                result = scale * result
+            if embed_scale is not None:
+                out = out * embed_scale
+            result = result + out
+        return result
+
+    def extra_repr(self) -> str:
+        return f"num={self.num_embeddings}, dim={self.embedding_dim}, adapters={self.adapter_names}"

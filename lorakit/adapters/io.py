@@ -1,0 +1,204 @@
+"""Adapter files in PEFT's format: `adapter_config.json` + `adapter_model.safetensors`.
+
+Keys are ``base_model.model.<module>.<param>`` with the adapter name removed, exactly
+as PEFT writes them, so adapters move between lorakit, PEFT and vLLM. Only
+safetensors are read: pickled `.bin` adapters are refused. A load checks every key
+and shape against the model before touching it, so a failed load changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lorakit.adapters.config import LoraConfig
+from lorakit.adapters.embedding import LoraEmbedding
+from lorakit.adapters.layers import LoraLayer, LoraLinear
+from lorakit.adapters.model import (
+    AdapterInfo,
+    adapter_parameters,
+    adapters,
+    add_adapter,
+    delete_adapter,
+    plan_targets,
+)
+from lorakit.adapters.targets import iter_targets, suffix_names
+from lorakit.errors import AdapterLoadError, LorakitError
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+
+def task_type(model: nn.Module) -> str | None:
+    """PEFT's task_type for a transformers model class."""
+    cls = type(model).__name__
+    for suffix, task in (("ForCausalLM", "CAUSAL_LM"), ("ForSequenceClassification", "SEQ_CLS"),
+                         ("ForTokenClassification", "TOKEN_CLS"), ("ForQuestionAnswering", "QUESTION_ANS")):
+        if cls.endswith(suffix):
+            return task
+    return None
+
+
+def _saved_targets(model: nn.Module, info: AdapterInfo) -> list[str] | str:
+    """A `target_modules` value that selects exactly the wrapped modules when PEFT re-reads it.
+
+    Short suffixes (``q_proj``) are what PEFT and vLLM expect; when they would select more
+    modules than were wrapped (e.g. GPT-2's ``attn.c_proj`` vs ``mlp.c_proj``), fall back to the
+    user's list, then to a regex of the full names.
+    """
+    wrapped = set(info.modules)
+    cfg = info.config
+    candidates: list[list[str] | str] = [suffix_names(info.modules)]
+    if isinstance(cfg.target_modules, list):
+        candidates.append(cfg.target_modules)
+    for cand in candidates:
+        try:
+            chosen = {n for n, _ in iter_targets(model, cand, cfg.layers_to_transform, exclude=cfg.modules_to_save)}
+        except LorakitError:
+            continue
+        if chosen == wrapped:
+            return cand
+    return "|".join(sorted(n.replace(".", r"\.") for n in wrapped))
+
+
+def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
+    """PEFT-keyed tensors of adapter `name` (LoRA factors, DoRA magnitudes, saved modules)."""
+    info = adapters(model).get(name)
+    if info is None:
+        raise LorakitError(f"no adapter named {name!r} to save; loaded: {', '.join(adapters(model)) or 'none'}")
+    state: dict[str, torch.Tensor] = {}
+    for module_name in info.modules:
+        layer = model.get_submodule(module_name)
+        for key, p in layer.adapter_parameters(name).items():
+            state[f"{PREFIX}{module_name}.{key}"] = p.detach().cpu().contiguous()
+    for module_name in info.saved_modules:
+        wrapper = model.get_submodule(module_name)
+        for key, p in wrapper.adapter_parameters(name).items():
+            state[f"{PREFIX}{module_name}.{key}"] = p.detach().cpu().contiguous()
+    return state
+
+
+def save_adapter(model: nn.Module, out_dir: str | os.PathLike, name: str = "default",
+                 base_model_name_or_path: str | None = None) -> Path:
+    """Write adapter `name` as PEFT files into `out_dir` (each file replaced atomically)."""
+    out = Path(out_dir)
+    info = adapters(model).get(name)
+    state = adapter_state_dict(model, name)
+    base = base_model_name_or_path or getattr(getattr(model, "config", None), "name_or_path", None) or None
+    config = info.config.to_peft(_saved_targets(model, info), base, task_type(model))
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter-tmp-", dir=out))
+    try:
+        save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for fname in (WEIGHTS_NAME, CONFIG_NAME):
+            os.replace(tmp / fname, out / fname)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def read_adapter_config(path: str | os.PathLike) -> LoraConfig:
+    """Parse `adapter_config.json` in directory `path` into a `LoraConfig`."""
+    cfg_file = Path(path) / CONFIG_NAME
+    if not cfg_file.is_file():
+        raise AdapterLoadError(f"{cfg_file}: not found; an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        data = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdapterLoadError(f"{cfg_file}: not valid JSON ({exc}); re-save the adapter") from None
+    if not isinstance(data, dict):
+        raise AdapterLoadError(f"{cfg_file}: expected a JSON object")
+    try:
+        return LoraConfig.from_peft(data, source=str(cfg_file))
+    except LorakitError as exc:
+        raise AdapterLoadError(str(exc)) from None
+
+
+def read_adapter_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of `adapter_model.safetensors` in directory `path`; pickled files are refused."""
+    weights = Path(path) / WEIGHTS_NAME
+    if not weights.is_file():
+        pickled = Path(path) / "adapter_model.bin"
+        if pickled.is_file():
+            raise AdapterLoadError(
+                f"{pickled}: pickled adapters are not loaded (they can run code). Convert it once where you trust it: "
+                "python -c \"import torch; from safetensors.torch import save_file; "
+                "save_file(torch.load('adapter_model.bin', weights_only=True), 'adapter_model.safetensors')\""
+            )
+        raise AdapterLoadError(f"{weights}: not found; an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        return load_file(weights)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterLoadError(f"{weights}: truncated or corrupt safetensors file ({exc}); save or copy it again") from None
+
+
+def _expected(model: nn.Module, config: LoraConfig) -> tuple[dict[str, tuple[str, str, tuple]], set[str]]:
+    """Key -> (module, local key, shape) an adapter with `config` must provide, and keys PEFT may add."""
+    targets, saved = plan_targets(model, config)
+    expected: dict[str, tuple[str, str, tuple]] = {}
+    optional: set[str] = set()
+    for module_name, module in targets:
+        base = module.base_layer if isinstance(module, LoraLayer) else module
+        cls = LoraEmbedding if isinstance(base, nn.Embedding) else LoraLinear
+        for key, shape in cls.param_shapes(base, config).items():
+            expected[f"{PREFIX}{module_name}.{key}"] = (module_name, key, shape)
+        # PEFT also saves the base embedding table when embeddings are targeted
+        optional |= {f"{PREFIX}{module_name}.base_layer.{k}" for k, _ in base.named_parameters()}
+    for module_name, module in saved:
+        original = getattr(module, "original_module", module)
+        for key, p in original.named_parameters():
+            expected[f"{PREFIX}{module_name}.{key}"] = (module_name, key, tuple(p.shape))
+    return expected, optional
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default", *,
+                 trainable: bool = False) -> AdapterInfo:
+    """Load a PEFT-format adapter directory into `model` as adapter `name`.
+
+    Every key and shape is checked first; on any error the model is left exactly as it was.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterLoadError(f"{path}: adapter directory not found")
+    config = read_adapter_config(path)
+    tensors = read_adapter_weights(path)
+    weights = path / WEIGHTS_NAME
+    if name in adapters(model):
+        raise AdapterLoadError(f"{path}: an adapter named '{name}' is already loaded; load it under another name")
+    try:
+        expected, optional = _expected(model, config)
+    except LorakitError as exc:
+        raise AdapterLoadError(f"{path}: {exc} (was this adapter trained for a different base model?)") from None
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected) - optional)
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"has {unexpected[0]}, which is no module of this model"
+        raise AdapterLoadError(f"{weights}: {what} ({len(missing)} missing, {len(unexpected)} unexpected keys); "
+                               "was it trained for a different base model?")
+    for key, (module_name, _, shape) in expected.items():
+        if tuple(tensors[key].shape) != shape:
+            raise AdapterLoadError(f"{weights}: {key} has shape {tuple(tensors[key].shape)} but module "
+                                   f"'{module_name}' needs {shape}; the adapter was trained for a different base model")
+    info = add_adapter(model, config, name)
+    try:
+        with torch.no_grad():
+            for key, (module_name, local, _) in expected.items():
+                wrapper = model.get_submodule(module_name)
+                target = wrapper.adapter_parameters(name)[local]
+                target.copy_(tensors[key].to(target.dtype))
+    except BaseException:
+        delete_adapter(model, name)
+        raise
+    for p in adapter_parameters(model, name):
+        p.requires_grad_(trainable)
+    return info

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random-weight models of each architecture lorakit supports."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus", "gutenberg-russian")
+
+
+def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised model of architecture `arch` small enough to run in milliseconds."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    if arch == "llama":
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(**common, tie_word_embeddings=True))
+    elif arch == "qwen2":
+        model = tf.Qwen2ForCausalLM(tf.Qwen2Config(**common, tie_word_embeddings=False))
+    elif arch == "mistral":
+        model = tf.MistralForCausalLM(tf.MistralConfig(**common, sliding_window=None))
+    elif arch == "gemma":
+        model = tf.GemmaForCausalLM(tf.GemmaConfig(**common, head_dim=8))
+    elif arch == "gemma3":
+        model = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**common, head_dim=8, sliding_window=16))
+    elif arch == "phi3":
+        model = tf.Phi3ForCausalLM(tf.Phi3Config(**common, pad_token_id=0))
+    elif arch == "gpt2":
+        model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    elif arch == "bert":
+        cfg = tf.BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=48, max_position_embeddings=64, num_labels=3,
+                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        model = tf.BertForSequenceClassification(cfg)
+    else:
+        raise ValueError(arch)
+    # Random init of some models leaves norms at exactly 1 and biases at 0: perturb everything so
+    # every parameter matters to the comparison.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model.eval()
+
+
+def tiny_inputs(arch: str, batch: int = 2, seq: int = 7, seed: int = 1) -> dict[str, torch.Tensor]:
+    """Token ids (and an attention mask) for `tiny_model(arch)`."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 96, (batch, seq), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def output_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of a forward pass (no grad)."""
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.fixture
+def tiny():
+    return tiny_model
