@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test clean
 
 setup: $(STAMP)
 
@@ -20,9 +20,6 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: setup
 	$(BIN)/python -m pytest -q
-
-demo: setup
-	$(BIN)/lorakit demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

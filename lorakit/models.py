@@ -31,6 +31,14 @@ ALIASES: dict[str, tuple[str, str, str]] = {
 }
 
 
+def _quiet_transformers() -> None:
+    """Loading a small model takes under a second: its per-tensor progress bars are noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def lorakit_home() -> Path:
     """Cache root: ``$LORAKIT_HOME`` or ``~/.cache/lorakit``."""
     return Path(os.environ.get("LORAKIT_HOME", Path.home() / ".cache" / "lorakit")).expanduser()
@@ -60,6 +68,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     """De-quantize a GGUF into a safetensors HF directory at `out`, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     logging.getLogger("lorakit").warning("converting %s to safetensors (once; cached in %s)", gguf.name, out)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -130,6 +139,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     path = resolve_model(spec)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     model.to(device)

@@ -75,9 +75,9 @@ class LoraEmbedding(LoraLayer):
 
     def forward(self, ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """ids (...) -> (..., dim)."""
-        result = self.base_layer(ids, *args, **kwargs)
         if not self._use_adapters():
-            return result
+            return self.base_layer(ids, *args, **kwargs)
+        result = self.base_layer(ids, *args, **kwargs)
         embed_scale = self._embed_scale()
         for name in self.active_adapters:
             if name not in self.lora_embedding_A:

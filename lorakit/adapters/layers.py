@@ -200,9 +200,9 @@ class LoraLinear(LoraLayer):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """x (..., in) -> (..., out)."""
-        result = self.base_layer(x, *args, **kwargs)
         if not self._use_adapters():
-            return result
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
         out_dtype = result.dtype
         for name in self.active_adapters:
             if name not in self.lora_A:

@@ -136,6 +136,7 @@ def active_adapters(model: nn.Module) -> list[str]:
 @contextmanager
 def disable_adapters(model: nn.Module):
     """Run the base model inside the block (merged adapters are unmerged first)."""
+    unmerge(model)
     layers = [m for _, m in adapter_layers(model)] + [m for _, m in saved_module_wrappers(model)]
     for layer in layers:
         layer.disabled = True
@@ -146,8 +147,24 @@ def disable_adapters(model: nn.Module):
             layer.disabled = False
 
 
+def _untie_adapted_embeddings(model: nn.Module) -> None:
+    """Give an adapted input embedding its own table before merging into it.
+
+    With tied embeddings (SmolLM2, Gemma) the output head reads the same tensor; merging an
+    embedding update into it would change the head too, which the unmerged model does not do.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for _, layer in adapter_layers(model):
+        base = layer.base_layer
+        if isinstance(layer, LoraEmbedding) and head is not None and base.weight is head.weight:
+            base.weight = nn.Parameter(base.weight.detach().clone(), requires_grad=False)
+            if getattr(model, "config", None) is not None:
+                model.config.tie_word_embeddings = False
+
+
 def merge(model: nn.Module, names: list[str] | None = None) -> None:
     """Fold the active (or given) adapters into the base weights: zero added latency."""
+    _untie_adapted_embeddings(model)
     for _, layer in adapter_layers(model):
         layer.merge(names)
 
