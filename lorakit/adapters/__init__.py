@@ -16,6 +16,7 @@ from lorakit.adapters.model import (
     active_adapters,
     adapter_layers,
     adapter_parameters,
+    adapter_rows,
     adapters,
     add_adapter,
     delete_adapter,
@@ -32,7 +33,7 @@ from lorakit.adapters.report import ParamReport, trainable_report
 
 __all__ = [
     "LoraConfig", "LoraLayer", "LoraLinear", "LoraEmbedding", "ModulesToSave", "ParamReport",
-    "active_adapters", "adapter_layers", "adapter_parameters", "adapters", "add_adapter", "adapter_state_dict",
+    "active_adapters", "adapter_layers", "adapter_parameters", "adapter_rows", "adapters", "add_adapter", "adapter_state_dict",
     "delete_adapter", "disable_adapters", "load_adapter", "merge", "merge_and_unload", "read_adapter_config",
     "save_adapter", "set_adapter", "set_trainable", "trainable_report", "unload", "unmerge",
 ]

@@ -73,24 +73,34 @@ class LoraEmbedding(LoraLayer):
         scale = getattr(self.base_layer, "embed_scale", None)
         return scale.to(self.base_layer.weight.dtype) if isinstance(scale, torch.Tensor) else scale
 
+    def _adapter_output(self, name: str, ids: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """What adapter `name` adds to `result` = base_layer(ids)."""
+        A, B = self.lora_embedding_A[name], self.lora_embedding_B[name]
+        out = (self._embed(ids, A.T) @ B.T) * self.scaling[name]
+        embed_scale = self._embed_scale()
+        if embed_scale is not None:
+            out = out * embed_scale
+        if name not in self.lora_magnitude_vector:
+            return out
+        scale = self.lora_magnitude_vector[name].scale(self.base_layer.weight.T, B @ A, self.scaling[name])
+        return (scale - 1) * result + scale * out
+
     def forward(self, ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """ids (...) -> (..., dim)."""
         if not self._use_adapters():
             return self.base_layer(ids, *args, **kwargs)
         result = self.base_layer(ids, *args, **kwargs)
-        embed_scale = self._embed_scale()
+        if self.row_adapters is not None:
+            out = result.clone()
+            for name in dict.fromkeys(self.row_adapters):
+                if name is None or name not in self.lora_embedding_A:
+                    continue
+                rows = torch.tensor([i for i, n in enumerate(self.row_adapters) if n == name], device=ids.device)
+                out.index_add_(0, rows, self._adapter_output(name, ids.index_select(0, rows), result.index_select(0, rows)))
+            return out
         for name in self.active_adapters:
-            if name not in self.lora_embedding_A:
-                continue
-            A, B = self.lora_embedding_A[name], self.lora_embedding_B[name]
-            out = (self._embed(ids, A.T) @ B.T) * self.scaling[name]
-            if name in self.lora_magnitude_vector:
-                scale = self.lora_magnitude_vector[name].scale(self.base_layer.weight.T, B @ A, self.scaling[name])
-                out = scale * out
-                result = scale * result
-            if embed_scale is not None:
-                out = out * embed_scale
-            result = result + out
+            if name in self.lora_embedding_A:
+                result = result + self._adapter_output(name, ids, result)
         return result
 
     def extra_repr(self) -> str:

@@ -30,6 +30,8 @@ class LoraLayer(nn.Module):
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
         self.disabled = False
+        # per-batch-row adapter names for mixed-adapter batches (serving); None = use active_adapters
+        self.row_adapters: list[str | None] | None = None
         for p in base_layer.parameters():
             p.requires_grad_(False)
 
@@ -133,16 +135,28 @@ class LoraLayer(nn.Module):
         return not self.merged
 
 
+def linear_dims(base_layer: nn.Module) -> tuple[int, int, bool]:
+    """``(in_features, out_features, fan_in_fan_out)`` of a Linear, a GPT-2 Conv1D or a quantized linear."""
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(base_layer, Conv1D):
+        return base_layer.weight.shape[0], base_layer.weight.shape[1], True
+    return base_layer.in_features, base_layer.out_features, False
+
+
+def dense_weight(base_layer: nn.Module) -> torch.Tensor:
+    """The base weight as a dense tensor: quantized layers provide ``dequantize()`` (out, in)."""
+    dequantize = getattr(base_layer, "dequantize", None)
+    return dequantize() if callable(dequantize) else base_layer.weight
+
+
 class LoraLinear(LoraLayer):
-    """LoRA on `nn.Linear` or transformers `Conv1D` (GPT-2; weight stored (in, out), ``fan_in_fan_out``)."""
+    """LoRA on `nn.Linear`, transformers `Conv1D` (GPT-2; weight stored (in, out), ``fan_in_fan_out``),
+    or a quantized linear that exposes ``in_features``, ``out_features`` and ``dequantize()``."""
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
-        from transformers.pytorch_utils import Conv1D
-
-        self.fan_in_fan_out = isinstance(base_layer, Conv1D)
-        w = base_layer.weight
-        self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+        self.in_features, self.out_features, self.fan_in_fan_out = linear_dims(base_layer)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
 
@@ -159,10 +173,7 @@ class LoraLinear(LoraLayer):
     @staticmethod
     def param_shapes(base_layer: nn.Module, config: LoraConfig) -> dict[str, tuple[int, ...]]:
         """Saved key -> shape of one adapter on `base_layer` (used to check a file before loading)."""
-        from transformers.pytorch_utils import Conv1D
-
-        w = base_layer.weight
-        in_f, out_f = (w.shape[0], w.shape[1]) if isinstance(base_layer, Conv1D) else (w.shape[1], w.shape[0])
+        in_f, out_f, _ = linear_dims(base_layer)
         shapes = {"lora_A.weight": (config.r, in_f), "lora_B.weight": (out_f, config.r)}
         if config.use_dora:
             shapes["lora_magnitude_vector"] = (out_f,)
@@ -170,8 +181,9 @@ class LoraLinear(LoraLayer):
 
     def add_adapter(self, name: str, config: LoraConfig) -> None:
         """Create A (r, in) and B (out, r); B = 0 so the output starts equal to the base's."""
-        w = self.base_layer.weight
-        factory = {"device": w.device, "dtype": torch.float32 if not w.is_floating_point() else w.dtype}
+        w = dense_weight(self.base_layer)
+        # adapters train in fp32 even on a low-precision or quantized base
+        factory = {"device": w.device, "dtype": w.dtype if w.dtype == torch.float64 else torch.float32}
         self.lora_A[name] = nn.Linear(self.in_features, config.r, bias=False, **factory)
         self.lora_B[name] = nn.Linear(config.r, self.out_features, bias=False, **factory)
         if config.init == "gaussian":
@@ -187,7 +199,7 @@ class LoraLinear(LoraLayer):
             )
 
     def _base_weight_out_in(self) -> torch.Tensor:
-        w = self.base_layer.weight
+        w = dense_weight(self.base_layer)
         return w.T if self.fan_in_fan_out else w
 
     @property
@@ -198,34 +210,48 @@ class LoraLinear(LoraLayer):
         delta = (self.lora_B[name].weight.float() @ self.lora_A[name].weight.float()) * self.scaling[name]
         return delta.T if self.fan_in_fan_out else delta
 
+    def _adapter_output(self, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """What adapter `name` adds to `result` = base_layer(x); x (..., in), result (..., out)."""
+        A, B = self.lora_A[name], self.lora_B[name]
+        scaling = self.scaling[name]
+        dropout = self.lora_dropout[name]
+        x = x.to(A.weight.dtype)
+        if name not in self.lora_magnitude_vector:
+            return B(A(dropout(x))) * scaling
+        # DoRA: (m / ||W + s BA||) (W x + s B A x) - W x, the norm detached (DoRA paper, sec. 4.3)
+        base = self._base_weight_out_in().to(x.dtype)
+        if isinstance(dropout, nn.Identity) or not self.training:
+            bias = getattr(self.base_layer, "bias", None)
+            base_out = result if bias is None else result - bias
+        else:
+            x = dropout(x)
+            base_out = F.linear(x, base)
+        scale = self.lora_magnitude_vector[name].scale(base, B.weight @ A.weight, scaling)
+        return (scale - 1) * base_out + scale * B(A(x)) * scaling
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """x (..., in) -> (..., out)."""
         if not self._use_adapters():
             return self.base_layer(x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         out_dtype = result.dtype
+        if self.row_adapters is not None:
+            return self._mixed_forward(x, result).to(out_dtype)
         for name in self.active_adapters:
-            if name not in self.lora_A:
-                continue
-            A, B = self.lora_A[name], self.lora_B[name]
-            scaling = self.scaling[name]
-            dropout = self.lora_dropout[name]
-            xa = x.to(A.weight.dtype)
-            if name not in self.lora_magnitude_vector:
-                result = result + B(A(dropout(xa))) * scaling
-                continue
-            # DoRA: (m / ||W + s BA||) (W x + s B A x) - W x, the norm detached (DoRA paper, sec. 4.3)
-            dora = self.lora_magnitude_vector[name]
-            base = self._base_weight_out_in().to(xa.dtype)
-            if isinstance(dropout, nn.Identity) or not self.training:
-                bias = self.base_layer.bias
-                base_out = result if bias is None else result - bias
-            else:
-                xa = dropout(xa)
-                base_out = F.linear(xa, base)
-            scale = dora.scale(base, B.weight @ A.weight, scaling)
-            result = result + (scale - 1) * base_out + scale * B(A(xa)) * scaling
+            if name in self.lora_A:
+                result = result + self._adapter_output(name, x, result)
         return result.to(out_dtype)
+
+    def _mixed_forward(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """Each batch row takes its own adapter (``row_adapters[i]``; None = base only)."""
+        out = result.clone()
+        for name in dict.fromkeys(self.row_adapters):
+            if name is None or name not in self.lora_A:
+                continue
+            rows = torch.tensor([i for i, n in enumerate(self.row_adapters) if n == name], device=x.device)
+            delta = self._adapter_output(name, x.index_select(0, rows), result.index_select(0, rows))
+            out.index_add_(0, rows, delta.to(out.dtype))
+        return out
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, adapters={self.adapter_names}"

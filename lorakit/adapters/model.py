@@ -162,6 +162,27 @@ def _untie_adapted_embeddings(model: nn.Module) -> None:
                 model.config.tie_word_embeddings = False
 
 
+@contextmanager
+def adapter_rows(model: nn.Module, names: list[str | None]):
+    """Inside the block, batch row i runs adapter ``names[i]`` (None: the base model).
+
+    One forward serves requests for different adapters together (as vLLM/S-LoRA do on GPUs).
+    """
+    unknown = sorted({n for n in names if n is not None and n not in adapters(model)})
+    if unknown:
+        raise LorakitError(f"no adapter named {unknown[0]!r}; loaded: {', '.join(adapters(model)) or 'none'}")
+    layers = [layer for _, layer in adapter_layers(model)]
+    if any(layer.merged for layer in layers):
+        raise LorakitError("unmerge() before mixed-adapter batches: merged weights hold one adapter for every row")
+    for layer in layers:
+        layer.row_adapters = list(names)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.row_adapters = None
+
+
 def merge(model: nn.Module, names: list[str] | None = None) -> None:
     """Fold the active (or given) adapters into the base weights: zero added latency."""
     _untie_adapted_embeddings(model)
@@ -232,6 +253,6 @@ def set_trainable(model: nn.Module, names: str | list[str] | None) -> None:
 
 __all__ = [
     "AdapterInfo", "adapters", "adapter_layers", "saved_module_wrappers", "plan_targets", "add_adapter",
-    "set_adapter", "active_adapters", "disable_adapters", "merge", "unmerge", "merge_and_unload", "unload",
+    "set_adapter", "active_adapters", "adapter_rows", "disable_adapters", "merge", "unmerge", "merge_and_unload", "unload",
     "delete_adapter", "adapter_parameters", "set_trainable", "resolve_targets",
 ]

@@ -157,3 +157,28 @@ def test_parameter_report_counts_by_hand():
     assert report.total == total_base + report.trainable
     assert report.adapter_bytes == 4 * report.trainable
     assert f"{report.trainable:,}" in report.format()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_mixed_adapter_batch_equals_each_row_alone(arch):
+    """Rows of one batch may each run a different adapter (or none) and get what they would alone."""
+    from lorakit.adapters import adapter_rows
+
+    model = tiny_model(arch)
+    add_adapter(model, _config(arch, "lora"), "a")
+    add_adapter(model, _config(arch, "dora"), "b")
+    randomize_adapter(model, "a", seed=1)
+    randomize_adapter(model, "b", seed=2)
+    inputs = tiny_inputs(arch, batch=4)
+    rows = ["b", None, "a", "b"]
+    with adapter_rows(model, rows):
+        mixed = output_of(model, inputs)
+    for i, name in enumerate(rows):
+        one = {k: v[i : i + 1] for k, v in inputs.items()}
+        if name is None:
+            with disable_adapters(model):
+                alone = output_of(model, one)
+        else:
+            set_adapter(model, name)
+            alone = output_of(model, one)
+        assert (mixed[i] - alone[0]).abs().max() <= 1e-5, (i, name)
