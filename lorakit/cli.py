@@ -17,12 +17,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (sub-commands registered from their packages)."""
     from lorakit.adapters import cli as adapters_cli
     from lorakit.data import cli as data_cli
+    from lorakit.infer import cli as infer_cli
+    from lorakit.plan import cli as plan_cli
 
     parser = argparse.ArgumentParser(prog="lorakit", description="LoRA fine-tuning of small language models, CPU first.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     adapters_cli.register(sub)
     data_cli.register(sub)
+    infer_cli.register(sub)
+    plan_cli.register(sub)
     return parser
 
 
