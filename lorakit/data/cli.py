@@ -1,11 +1,109 @@
-"""`lorakit data ...` sub-commands (placeholder until the data pipeline lands)."""
+"""`lorakit data prepare | lint | gutenberg` sub-commands."""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+from lorakit.data.download import MIRROR_ENV
+from lorakit.data.samples import FORMATS
+
+
+def _load_tokenizer(model: str | None):
+    from lorakit.models import load_tokenizer
+
+    return load_tokenizer(model)
+
+
+# The heavy modules (datasketch, torch via the tokenizer) load only when a command runs, so
+# `lorakit --help` and other sub-commands stay fast.
+def _prepare(args: argparse.Namespace) -> int:
+    from lorakit.data.prepare import prepare_dataset
+    from lorakit.data.summary import format_prepare_summary
+
+    tokenizer = _load_tokenizer(args.model)
+    report = prepare_dataset(
+        args.input, args.out, tokenizer, fmt=args.format, seq_len=args.seq_len, val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction, split_by=args.split_by, seed=args.seed, skip_bad=args.skip_bad,
+        min_tokens=args.min_tokens, overwrite=args.overwrite, keep_front_matter=args.keep_front_matter,
+        model=args.model,
+    )
+    print(format_prepare_summary(report))
+    return 0
+
+
+def _lint(args: argparse.Namespace) -> int:
+    from lorakit.data.lint import lint_dataset
+    from lorakit.data.summary import format_lint_summary
+
+    tokenizer = _load_tokenizer(args.model) if args.model else None
+    report = lint_dataset(args.path, tokenizer)
+    print(json.dumps(report, ensure_ascii=False, indent=1) if args.json else format_lint_summary(report))
+    return 0 if report["ok"] else 1
+
+
+def _gutenberg(args: argparse.Namespace) -> int:
+    from lorakit.data.download import download_ebooks
+
+    results = download_ebooks(args.id, args.out, mirror=args.mirror, retries=args.retries,
+                              backoff=args.backoff, timeout=args.timeout, use_cache=not args.no_cache)
+    for r in results:
+        print(f"{r['file']}  ({'cached' if r['cached'] else 'downloaded'}, {r['bytes']:,} bytes)")
+    print(f"next: lorakit data prepare --input {args.out} --out DATASET_DIR")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `lorakit data` to the top-level parser."""
     p = sub.add_parser("data", help="prepare, lint and download datasets")
-    p.set_defaults(func=lambda args: p.print_help())
+
+    def no_action(args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=no_action)
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+
+    prep = data_sub.add_parser("prepare", help="books or JSONL -> clean, deduplicated train/valid/test JSONL",
+                               description="Clean, filter, deduplicate, chunk and split text into a dataset; "
+                                           "writes DIR/{train,valid,test}.jsonl and DIR/report.json.")
+    prep.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                      help=".txt / .jsonl files (optionally .gz) or folders of them")
+    prep.add_argument("--out", required=True, metavar="DIR", help="output folder (written atomically)")
+    prep.add_argument("--model", default=None,
+                      help="model whose tokenizer measures lengths (default: smollm2-135m-instruct)")
+    prep.add_argument("--format", default="text", choices=FORMATS,
+                      help="text: plain continuation; instruct: prompt + completion; chat: chat template")
+    prep.add_argument("--seq-len", type=int, default=512, help="maximum tokens per sample (default 512)")
+    prep.add_argument("--val-fraction", type=float, default=0.05, help="share of tokens for valid (default 0.05)")
+    prep.add_argument("--test-fraction", type=float, default=0.05, help="share of tokens for test (default 0.05)")
+    prep.add_argument("--split-by", default="book", choices=("book", "sample"),
+                      help="book: whole books per split, no passage of a test book in train (default)")
+    prep.add_argument("--seed", type=int, default=0, help="seed for splits and prompt choice")
+    prep.add_argument("--min-tokens", type=int, default=32, help="drop passages shorter than this (default 32)")
+    prep.add_argument("--skip-bad", action="store_true",
+                      help="skip unreadable files and bad JSONL lines (counted in the report) instead of stopping")
+    prep.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
+    prep.add_argument("--keep-front-matter", action="store_true",
+                      help="keep prefaces and introductions of Gutenberg books (dropped by default)")
+    prep.set_defaults(func=_prepare)
+
+    lint = data_sub.add_parser("lint", help="re-check a dataset folder (or one JSONL file)",
+                               description="Counts, lengths, duplicates, formatting, balance, templates and "
+                                           "leakage; exits 1 when the dataset cannot be trained on.")
+    lint.add_argument("path", metavar="DIR", help="dataset folder (train/valid/test.jsonl) or a .jsonl file")
+    lint.add_argument("--model", default=None, help="check input_ids against this model's tokenizer")
+    lint.add_argument("--json", action="store_true", help="print the full report as JSON")
+    lint.set_defaults(func=_lint)
+
+    gut = data_sub.add_parser("gutenberg", help="download Project Gutenberg ebooks by id (cached)",
+                              description=f"Download plain-text ebooks into DIR; the mirror comes from --mirror, "
+                                          f"${MIRROR_ENV}, or www.gutenberg.org.")
+    gut.add_argument("--id", nargs="+", type=int, required=True, metavar="N", help="ebook ids, e.g. 2600 1399")
+    gut.add_argument("--out", required=True, metavar="DIR", help="folder for pg<id>.txt files")
+    gut.add_argument("--mirror", default=None, help=f"mirror base URL (default ${MIRROR_ENV} or gutenberg.org)")
+    gut.add_argument("--retries", type=int, default=3, help="retries on server errors and timeouts (default 3)")
+    gut.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubling (default 1)")
+    gut.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    gut.add_argument("--no-cache", action="store_true", help="download again even if cached")
+    gut.set_defaults(func=_gutenberg)
