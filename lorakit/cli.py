@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lorakit.data import cli as data_cli
     from lorakit.infer import cli as infer_cli
     from lorakit.plan import cli as plan_cli
+    from lorakit.train import cli as train_cli
 
     parser = argparse.ArgumentParser(prog="lorakit", description="LoRA fine-tuning of small language models, CPU first.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.register(sub)
     infer_cli.register(sub)
     plan_cli.register(sub)
+    train_cli.register(sub)
     return parser
 
 

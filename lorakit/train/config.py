@@ -1,0 +1,117 @@
+"""`TrainConfig`: every training setting with its help text, and one precedence rule.
+
+CLI flags > YAML file (``-c config.yaml``) > defaults. The resolved config is written
+next to every output (``train_config.yaml``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lorakit.errors import LorakitError
+
+METHODS = ("lora", "dora", "full", "head", "qlora")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def _f(default: Any, help: str, **kw) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (names follow mlx-lm and Axolotl where they have one)."""
+
+    model: str | None = _f(None, "HF directory, .gguf file or alias (default smollm2-135m-instruct)")
+    data: str | None = _f(None, "dataset directory with train.jsonl (and valid.jsonl) from `lorakit data prepare`")
+    out: str | None = _f(None, "output directory: adapter, checkpoints, metrics.jsonl, loss.png")
+    method: str = _f("lora", "lora | dora | full (all weights) | head (output head only) | qlora (4-bit base)")
+    rank: int = _f(16, "LoRA rank r")
+    alpha: float | None = _f(None, "LoRA alpha (default 2 x rank)")
+    dropout: float = _f(0.0, "dropout on the LoRA path")
+    targets: str = _f("all-linear", "all-linear | attention | mlp | comma-separated module names | regex")
+    rslora: bool = _f(False, "rank-stabilised scaling alpha/sqrt(r)")
+    batch_size: int = _f(4, "samples (or packed rows) per micro-batch")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    max_steps: int | None = _f(None, "optimizer steps (default: --epochs worth)")
+    epochs: float = _f(1.0, "passes over train.jsonl when --max-steps is not given")
+    lr: float = _f(2e-4, "peak learning rate (AdamW)")
+    schedule: str = _f("cosine", "cosine | linear | constant, after warmup")
+    warmup: int = _f(10, "linear warm-up steps")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "clip the global gradient norm to this (0: no clipping)")
+    max_seq_len: int = _f(512, "longer samples are truncated (counted), or refused with --strict")
+    strict: bool = _f(False, "refuse samples longer than --max-seq-len instead of truncating")
+    packing: bool = _f(False, "pack several samples per row without cross-attention (no padding waste)")
+    mask_prompt: bool = _f(False, "completion-only loss: prompt tokens are not predicted")
+    grad_checkpoint: bool = _f(False, "recompute activations in backward: less memory, ~1.3x compute")
+    loss_chunk: int = _f(1024, "tokens per chunk of the memory-lean cross-entropy")
+    eval_every: int = _f(0, "evaluate on valid.jsonl every N steps (0: only at the end)")
+    eval_batches: int = _f(20, "batches of valid.jsonl per evaluation")
+    save_every: int = _f(0, "write a resumable checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = _f(2, "how many recent checkpoints to keep")
+    log_every: int = _f(1, "write a metrics.jsonl line every N steps")
+    seed: int = _f(0, "seed for adapter init, data order and dropout")
+    resume: str | None = _f(None, "resume from this checkpoint directory, or 'auto' for OUT's latest")
+    device: str = _f("auto", "auto | cpu | cuda | mps")
+    threads: int | None = _f(None, "CPU threads (default: physical cores)")
+    fuse: bool = _f(True, "fuse frozen q/k/v and gate/up projections into single GEMMs (faster on CPU)")
+    progress: bool = _f(True, "live progress bar")
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise LorakitError(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.schedule not in SCHEDULES:
+            raise LorakitError(f"--schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        for name in ("rank", "batch_size", "grad_accum", "max_seq_len", "loss_chunk"):
+            if getattr(self, name) <= 0:
+                raise LorakitError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.alpha is None:
+            self.alpha = 2.0 * self.rank
+
+    @classmethod
+    def resolve(cls, yaml_path: str | None, cli: dict[str, Any]) -> "TrainConfig":
+        """Defaults, overridden by the YAML file, overridden by flags given on the command line."""
+        values: dict[str, Any] = {}
+        if yaml_path:
+            path = Path(yaml_path)
+            try:
+                loaded = yaml.safe_load(path.read_text()) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise LorakitError(f"{path}: cannot read the config ({exc})") from None
+            if not isinstance(loaded, dict):
+                raise LorakitError(f"{path}: expected a mapping of setting: value")
+            values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        values.update(cli)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise LorakitError(f"unknown setting {unknown[0]!r}{' in ' + yaml_path if yaml_path else ''}; "
+                               f"see `lorakit train --help`")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, out_dir: str | Path, name: str = "train_config.yaml") -> Path:
+        """Write the resolved config atomically next to the outputs."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+        with os.fdopen(fd, "w") as fh:
+            yaml.safe_dump(self.to_dict(), fh, sort_keys=False)
+        os.replace(tmp, out / name)
+        return out / name
+
+    @classmethod
+    def cli_fields(cls):
+        """(name, default, help) of every field, for argparse."""
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else None
+            yield f.name, default, f.metadata.get("help", "")

@@ -1,0 +1,51 @@
+"""What trains: a LoRA/DoRA adapter, every weight (full), or only the output head.
+
+Full fine-tuning and head-only are the baselines LoRA is judged against.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lorakit.adapters import LoraConfig, add_adapter, set_trainable
+from lorakit.errors import LorakitError
+from lorakit.train.config import TrainConfig
+
+
+def lora_config(cfg: TrainConfig) -> LoraConfig:
+    """The adapter a run trains, from its settings."""
+    targets: str | list[str] = cfg.targets
+    if targets not in ("all-linear", "attention", "mlp") and not any(c in targets for c in "*()[]|\\^$?+"):
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(r=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, target_modules=targets,
+                      use_rslora=cfg.rslora, use_dora=cfg.method == "dora")
+
+
+def untie_output_head(model: nn.Module) -> nn.Module:
+    """Give the output head its own weight when it shares the input embedding's."""
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and emb is not None and head.weight is emb.weight:
+        head.weight = nn.Parameter(emb.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+    return head
+
+
+def prepare_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """Attach what `cfg.method` trains and freeze the rest; returns the model."""
+    torch.manual_seed(cfg.seed)  # adapter init is part of the run's identity
+    if cfg.method in ("lora", "dora", "qlora"):
+        add_adapter(model, lora_config(cfg))
+        set_trainable(model, "default")
+    elif cfg.method == "full":
+        model.requires_grad_(True)
+    elif cfg.method == "head":
+        model.requires_grad_(False)
+        head = untie_output_head(model)
+        if head is None:
+            raise LorakitError(f"{type(model).__name__} has no output head to train; use --method lora")
+        head.weight.requires_grad_(True)
+    if cfg.grad_checkpoint:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model

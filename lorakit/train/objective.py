@@ -1,0 +1,57 @@
+"""What the trainer minimises: summed next-token CE over labelled positions, memory-lean.
+
+The decoder runs to its final hidden states; the output head and the loss run chunk by
+chunk (`chunked_cross_entropy`), only on positions that have a label.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorakit.train.loss import IGNORE, chunked_cross_entropy
+
+# architectures whose causal-LM head is exactly `lm_head(final_hidden)` (+ optional final softcap)
+PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2", "smollm3"}
+
+
+def _head_with_weight(model: nn.Module) -> nn.Module | None:
+    head = model.get_output_embeddings()
+    return head if isinstance(getattr(head, "weight", None), torch.Tensor) else None
+
+
+def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = 1024) -> tuple[torch.Tensor, int]:
+    """``(sum of token losses, number of labelled tokens)`` for one batch.
+
+    batch: ``input_ids`` (B, T), ``labels`` (B, T) already shifted, optional ``position_ids``.
+    """
+    labels = batch["labels"]
+    inputs = {"input_ids": batch["input_ids"]}
+    if "position_ids" in batch:
+        inputs["position_ids"] = batch["position_ids"]
+    head = _head_with_weight(model)
+    if getattr(model.config, "model_type", None) in PLAIN_HEAD and head is not None:
+        hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
+        softcap = getattr(model.config, "final_logit_softcapping", None)
+        return chunked_cross_entropy(hidden, head, labels, chunk=chunk, softcap=softcap)
+    logits = model(**inputs, use_cache=False).logits  # other architectures: the plain path
+    n = int((labels != IGNORE).sum())
+    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, n
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, n_batches: int, chunk: int = 1024) -> dict[str, float]:
+    """Mean token loss and perplexity over `n_batches` batches (model put back in its mode)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for _ in range(n_batches):
+        loss, n = causal_lm_loss(model, next(batches), chunk)
+        total, count = total + float(loss), count + n
+    model.train(was_training)
+    mean = total / max(count, 1)
+    return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50.0)), "eval_tokens": count}

@@ -1,0 +1,183 @@
+"""`lorakit train` end to end: load, prepare, (resume,) loop, save — one function per stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lorakit.adapters import save_adapter
+from lorakit.errors import LorakitError
+from lorakit.train import distributed
+from lorakit.train.batches import Batches, load_samples
+from lorakit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lorakit.train.config import TrainConfig
+from lorakit.train.loop import Hooks, LoopState, train_loop
+from lorakit.train.methods import prepare_model
+from lorakit.train.objective import causal_lm_loss, evaluate
+from lorakit.train.progress import MetricsLog, ProgressBar, plot_loss
+from lorakit.train.schedule import make_scheduler
+
+log = logging.getLogger("lorakit")
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LorakitError("--device cuda: no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def set_threads(threads: int | None) -> int:
+    """Use the physical cores (hyper-threads slow GEMMs down); returns the count."""
+    import psutil
+
+    n = threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def load_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, dict[str, Any]]:
+    """train and valid samples, with load statistics."""
+    if not cfg.data:
+        raise LorakitError("--data is required: a directory with train.jsonl from `lorakit data prepare`")
+    data = Path(cfg.data)
+    if not data.is_dir():
+        raise LorakitError(f"{data}: dataset directory not found; run `lorakit data prepare --out {data}`")
+    train, stats = load_samples(data / "train.jsonl", tokenizer, cfg.max_seq_len, cfg.strict)
+    if not train:
+        raise LorakitError(f"{data / 'train.jsonl'}: no usable samples; re-run `lorakit data prepare`")
+    valid = []
+    if (data / "valid.jsonl").is_file():
+        valid, _ = load_samples(data / "valid.jsonl", tokenizer, cfg.max_seq_len, strict=False)
+    if stats.truncated:
+        log.warning("%d training samples were longer than --max-seq-len %d and were truncated",
+                    stats.truncated, cfg.max_seq_len)
+    return train, valid, {"train_samples": stats.samples, "train_tokens": stats.tokens,
+                          "truncated": stats.truncated, "valid_samples": len(valid)}
+
+
+def load_base(cfg: TrainConfig, device: torch.device):
+    """Model and tokenizer for the run (4-bit base for qlora)."""
+    from lorakit.models import load_model
+
+    if cfg.method == "qlora":
+        try:
+            from lorakit.quant import load_quantized
+        except ImportError:
+            raise LorakitError("--method qlora is not available in this build; use --method lora") from None
+        return load_quantized(cfg.model, method="nf4", device=device)
+    return load_model(cfg.model, device=device)
+
+
+def save_final(model: nn.Module, tokenizer, cfg: TrainConfig, out: Path) -> None:
+    """The run's product: a PEFT adapter, or a full model directory for full/head."""
+    if cfg.method in ("full", "head"):
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    else:
+        save_adapter(model, out, base_model_name_or_path=str(cfg.model or "smollm2-135m-instruct"))
+
+
+def run_training(cfg: TrainConfig) -> dict[str, Any]:
+    """Train as `cfg` says; returns a summary (also written to ``OUT/summary.json``)."""
+    if not cfg.out:
+        raise LorakitError("--out is required: where the adapter, checkpoints and metrics go")
+    out = Path(cfg.out)
+    dist = distributed.init()
+    device = resolve_device(cfg.device) if dist.device is None else dist.device
+    threads = set_threads(cfg.threads) if device.type == "cpu" else None
+    model, tokenizer = load_base(cfg, device)
+    train, valid, data_stats = load_data(cfg, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = Batches(train, cfg.batch_size, seed=cfg.seed, pad_id=pad_id, packing=cfg.packing,
+                      row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt, rank=dist.rank, world=dist.world)
+    max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.per_epoch() / cfg.grad_accum))
+    prepare_model(model, cfg)
+    _print_plan(cfg, dist.rank)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg.schedule, cfg.warmup, max_steps)
+
+    fingerprint = {**cfg.to_dict(), "model": str(cfg.model or "smollm2-135m-instruct")}
+    state = LoopState()
+    metrics = MetricsLog(out / "metrics.jsonl", cfg.log_every)
+    ckpt_root = out / "checkpoints"
+    resume_from = (latest_checkpoint(ckpt_root) if cfg.resume == "auto" else Path(cfg.resume)) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        raise LorakitError(f"--resume auto: no checkpoint in {ckpt_root}; start without --resume")
+    if resume_from is not None:
+        saved = load_checkpoint(resume_from, model, optimizer, scheduler, fingerprint)
+        batches.load_state(saved["batches"])
+        state = LoopState(step=saved["step"], tokens=saved["tokens"], best_eval=saved.get("best_eval", math.inf))
+        if dist.rank == 0:
+            metrics.truncate_after(state.step)
+            log.info("resumed from %s at step %d", resume_from, state.step)
+    elif dist.rank == 0 and metrics.path.exists():
+        metrics.path.unlink()  # a fresh run starts a fresh log
+
+    def do_evaluate() -> dict[str, float]:
+        valid_batches = Batches(valid, cfg.batch_size, seed=0, pad_id=pad_id, packing=cfg.packing,
+                                row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt)
+        n = min(cfg.eval_batches, valid_batches.per_epoch())
+        return evaluate(model, valid_batches, n, cfg.loss_chunk)
+
+    def do_save(step: int) -> None:
+        if dist.rank == 0:
+            save_checkpoint(ckpt_root, step, model, optimizer, scheduler,
+                            {"config": fingerprint, "batches": batches.state(), "tokens": state.tokens,
+                             "best_eval": state.best_eval}, keep=cfg.keep_checkpoints)
+
+    def do_save_best(step: int) -> None:
+        if dist.rank == 0 and cfg.method not in ("full", "head"):
+            save_adapter(model, out / "best", base_model_name_or_path=fingerprint["model"])
+
+    hooks = Hooks(evaluate=do_evaluate if valid else None, save=do_save, save_best=do_save_best,
+                  all_reduce=dist.all_reduce)
+    if dist.rank == 0:
+        cfg.write(out)
+        hooks.on_step += [ProgressBar(max_steps, enabled=cfg.progress).on_step, metrics.on_step]
+        hooks.on_eval += [metrics.on_eval]
+        if cfg.progress:
+            hooks.on_eval.append(ProgressBar(max_steps).on_eval)
+    loss_fn = lambda m, b: causal_lm_loss(m, b, cfg.loss_chunk)  # noqa: E731
+    train_loop(model, batches, loss_fn, optimizer, scheduler, max_steps=max_steps, grad_accum=cfg.grad_accum,
+               max_grad_norm=cfg.max_grad_norm, eval_every=cfg.eval_every, save_every=cfg.save_every,
+               hooks=hooks, state=state)
+    summary = {"steps": state.step, "tokens": state.tokens, "best_eval_loss": state.best_eval,
+               "threads": threads, "device": str(device), "world_size": dist.world, **data_stats}
+    if dist.rank == 0:
+        save_final(model, tokenizer, cfg, out)
+        plot_loss(metrics.path, out / "loss.png")
+        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    dist.close()
+    return summary
+
+
+def _print_plan(cfg: TrainConfig, rank: int) -> None:
+    """Predicted peak memory before starting, with a warning when it will not fit."""
+    if rank != 0:
+        return
+    try:
+        from lorakit.plan import estimate
+    except ImportError:
+        return
+    try:
+        est = estimate(cfg.model, method=cfg.method, batch_size=cfg.batch_size, seq_len=cfg.max_seq_len,
+                       rank=cfg.rank, targets=cfg.targets, grad_checkpoint=cfg.grad_checkpoint)
+    except (LorakitError, TypeError, ValueError) as exc:
+        log.debug("memory plan unavailable: %s", exc)
+        return
+    log.info("%s", est.format())

@@ -1,0 +1,181 @@
+"""`lorakit train` end to end on a tiny llama: curve, resume, kill, bad input, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lorakit.errors import LorakitError
+from lorakit.train.checkpoint import latest_checkpoint
+from lorakit.train.config import TrainConfig
+from lorakit.train.progress import read_metrics
+from lorakit.train.run import run_training
+from tests.train.conftest import write_dataset
+
+GOLDEN = Path(__file__).parent / "golden_loss.json"
+
+
+def _cfg(model_dir, data, out, **kw) -> TrainConfig:
+    base = dict(model=str(model_dir), data=str(data), out=str(out), batch_size=4, max_steps=8, lr=5e-3,
+                warmup=2, seed=0, progress=False, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(out: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+
+
+def test_golden_loss_curve(tiny_model_dir, dataset, tmp_path):
+    """A fixed tiny run reproduces its recorded curve (regenerate: LORAKIT_WRITE_GOLDEN=1 pytest -k golden)."""
+    out = tmp_path / "run"
+    run_training(_cfg(tiny_model_dir, dataset, out, max_steps=12, packing=True, mask_prompt=True,
+                     max_seq_len=128))
+    losses = _losses(out)
+    assert len(losses) == 12
+    assert losses[-1] < losses[0]
+    if os.environ.get("LORAKIT_WRITE_GOLDEN"):
+        GOLDEN.write_text(json.dumps({"losses": losses}, indent=1) + "\n")
+    golden = json.loads(GOLDEN.read_text())["losses"]
+    assert len(golden) == len(losses)
+    for got, want in zip(losses, golden):
+        assert abs(got - want) <= 1e-4 * want, (losses, golden)
+
+
+def test_outputs_are_written(tiny_model_dir, dataset, tmp_path):
+    out = tmp_path / "run"
+    run_training(_cfg(tiny_model_dir, dataset, out, eval_every=4))
+    for name in ("adapter_config.json", "adapter_model.safetensors", "train_config.yaml", "metrics.jsonl",
+                 "loss.png", "summary.json", "best/adapter_model.safetensors"):
+        assert (out / name).is_file(), name
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [4, 8]
+    row = read_metrics(out / "metrics.jsonl")[0]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "rss_mb"} <= set(row)
+
+
+def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tiny_model_dir, dataset, tmp_path):
+    full = tmp_path / "full"
+    run_training(_cfg(tiny_model_dir, dataset, full, save_every=4, keep_checkpoints=5, dropout=0.1))
+    resumed = tmp_path / "resumed"
+    run_training(_cfg(tiny_model_dir, dataset, resumed, resume=str(full / "checkpoints" / "step-000004"), dropout=0.1))
+    a = load_file(full / "adapter_model.safetensors")
+    b = load_file(resumed / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _losses(full)[4:] == _losses(resumed)[-4:]
+
+
+def test_resume_after_a_kill(tiny_model_dir, tmp_path):
+    """SIGKILL mid-run, `--resume` (auto), and the result equals a run that was never killed."""
+    data = write_dataset(tmp_path / "data", n_train=400, max_len=120)
+    args = ["--model", str(tiny_model_dir), "--data", str(data), "--batch-size", "4", "--max-steps", "30",
+            "--save-every", "3", "--lr", "5e-3", "--no-progress", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "lorakit", "train", *args, "--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while latest_checkpoint(killed / "checkpoints") is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_at_kill = int(latest_checkpoint(killed / "checkpoints").name.split("-")[1])
+    assert step_at_kill < 30, "the run finished before it could be killed; make it longer"
+    subprocess.run([sys.executable, "-m", "lorakit", "train", *args, "--out", str(killed), "--resume"], env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, "-m", "lorakit", "train", *args, "--out", str(clean)], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    a = load_file(killed / "adapter_model.safetensors")
+    b = load_file(clean / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in read_metrics(killed / "metrics.jsonl") if "loss" in r] == list(range(1, 31))
+
+
+def test_resume_with_other_settings_is_refused(tiny_model_dir, dataset, tmp_path):
+    out = tmp_path / "run"
+    run_training(_cfg(tiny_model_dir, dataset, out, max_steps=4, save_every=2))
+    with pytest.raises(LorakitError, match=r"was trained with rank=16, this run has rank=8"):
+        run_training(_cfg(tiny_model_dir, dataset, out, max_steps=6, rank=8, resume="auto"))
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tiny_model_dir, dataset, tmp_path, monkeypatch):
+    import lorakit.train.checkpoint as ckpt
+
+    out = tmp_path / "run"
+    real_save = ckpt.save_file
+    calls = {"n": 0}
+
+    def failing_save(tensors, path, metadata=None):
+        if "step-000004" in str(path) and Path(path).name == "optimizer.safetensors":
+            raise OSError("disk full (simulated)")
+        calls["n"] += 1
+        return real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(ckpt, "save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        run_training(_cfg(tiny_model_dir, dataset, out, max_steps=6, save_every=2))
+    monkeypatch.setattr(ckpt, "save_file", real_save)
+    latest = latest_checkpoint(out / "checkpoints")
+    assert latest is not None and latest.name == "step-000002"
+    assert not list((out / "checkpoints").glob(".*tmp*")), "a half-written checkpoint was left behind"
+    summary = run_training(_cfg(tiny_model_dir, dataset, out, max_steps=6, save_every=2, resume="auto"))
+    assert summary["steps"] == 6
+
+
+def test_nan_loss_stops_and_names_the_step(tiny_model_dir, dataset, tmp_path):
+    with pytest.raises(LorakitError, match=r"loss became (nan|inf) at step \d+"):
+        run_training(_cfg(tiny_model_dir, dataset, tmp_path / "run", lr=1e6, max_grad_norm=0, max_steps=30,
+                          method="full", warmup=0))
+
+
+@pytest.mark.parametrize("method", ["full", "head", "dora"])
+def test_baseline_methods_train_and_save(tiny_model_dir, dataset, tmp_path, method):
+    out = tmp_path / method
+    summary = run_training(_cfg(tiny_model_dir, dataset, out, method=method, max_steps=3))
+    assert summary["steps"] == 3
+    if method == "dora":
+        assert json.loads((out / "adapter_config.json").read_text())["use_dora"] is True
+    else:
+        assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+
+
+def test_bad_dataset_inputs(tiny_model_dir, tmp_path):
+    with pytest.raises(LorakitError, match="dataset directory not found"):
+        run_training(_cfg(tiny_model_dir, tmp_path / "nope", tmp_path / "o1"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "train.jsonl").write_text("")
+    with pytest.raises(LorakitError, match="train.jsonl: no usable samples"):
+        run_training(_cfg(tiny_model_dir, empty, tmp_path / "o2"))
+    long = write_dataset(tmp_path / "long", max_len=60)
+    with pytest.raises(LorakitError, match=r"tokens > --max-seq-len 16 \(--strict\)"):
+        run_training(_cfg(tiny_model_dir, long, tmp_path / "o3", max_seq_len=16, strict=True))
+    summary = run_training(_cfg(tiny_model_dir, long, tmp_path / "o4", max_seq_len=16, max_steps=1))
+    assert summary["truncated"] > 0
+
+
+def test_cli_flags_override_yaml_which_overrides_defaults(tiny_model_dir, dataset, tmp_path):
+    from lorakit.cli import main
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"model: {tiny_model_dir}\ndata: {dataset}\nrank: 4\nlr: 0.001\nmax-steps: 2\nprogress: false\n")
+    out = tmp_path / "run"
+    assert main(["train", "-c", str(cfg_file), "--out", str(out), "--lr", "0.002", "--threads", "1"]) == 0
+    import yaml
+
+    resolved = yaml.safe_load((out / "train_config.yaml").read_text())
+    assert resolved["rank"] == 4 and resolved["lr"] == 0.002 and resolved["max_steps"] == 2
+    assert resolved["alpha"] == 8.0 and resolved["schedule"] == "cosine"
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
