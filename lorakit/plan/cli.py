@@ -1,9 +1,44 @@
-"""`lorakit` sub-commands of lorakit.plan (placeholder until they land)."""
+"""`lorakit plan`: predicted peak memory of a training run and whether it fits this machine."""
 
 from __future__ import annotations
 
 import argparse
 
 
+def _targets(value: str) -> list[str] | str:
+    """--targets parsed exactly as `lorakit train` / `inspect` parse it (presets, names, a regex)."""
+    from lorakit.adapters.cli import lora_config_from_args
+
+    ns = argparse.Namespace(rank=1, alpha=None, dropout=0.0, targets=value, rslora=False, dora=False,
+                            init="kaiming", layers=None, modules_to_save=None)
+    return lora_config_from_args(ns).target_modules
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the breakdown; exit 1 when the run won't fit (so scripts can check)."""
+    from lorakit.models import DEFAULT_MODEL
+    from lorakit.plan.estimate import NO_FIT, estimate
+
+    est = estimate(args.model or DEFAULT_MODEL, method=args.method, batch_size=args.batch_size,
+                   seq_len=args.seq_len, rank=args.rank, targets=_targets(args.targets),
+                   grad_checkpoint=args.grad_checkpoint, loss_chunk_tokens=args.loss_chunk_tokens,
+                   lora_dropout=args.dropout)
+    print(f"model: {args.model or DEFAULT_MODEL}  batch {args.batch_size} x {args.seq_len} tokens, "
+          f"rank {args.rank}, targets {args.targets}, grad checkpointing {'on' if args.grad_checkpoint else 'off'}")
+    print(est.format())
+    return 1 if est.verdict == NO_FIT else 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this package's sub-commands to the top-level parser."""
+    """Add `lorakit plan` to the top-level parser."""
+    p = sub.add_parser("plan", help="predict peak training memory and check it against this machine")
+    p.add_argument("--model", default=None, help="model alias, HF directory, .gguf, or a config.json (default: SmolLM2-135M)")
+    p.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--targets", default="all-linear", help="all-linear, attention, mlp, module names (a,b,c) or a regex, as for train")
+    p.add_argument("--grad-checkpoint", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--loss-chunk-tokens", type=int, default=1024, help="tokens of logits the trainer's loss holds at once")
+    p.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (each adapter then keeps a dropped copy of its input)")
+    p.set_defaults(func=cmd_plan)

@@ -1,0 +1,21 @@
+"""Quantized frozen bases for QLoRA: NF4 (QLoRA paper) and int8 weight-only linears.
+
+Typical use::
+
+    from lorakit.quant import load_quantized, save_merged
+    model, tok = load_quantized("smollm2-135m-instruct", "nf4", with_tokenizer=True)
+    add_adapter(model, LoraConfig(r=16, target_modules="all-linear"))   # LoRA A/B stay fp32
+    ...train...
+    save_merged(model, "out/merged", dtype=torch.bfloat16)              # dequantize + delta, then cast
+"""
+
+from lorakit.quant.linear import Int8Linear, NF4Linear, QuantLinear
+from lorakit.quant.load import load_quantized
+from lorakit.quant.merge import merge_to_dense, save_merged
+from lorakit.quant.model import METHODS, dequantize_model, quantize_model, quantized_layers
+from lorakit.quant.nf4 import NF4_CODE, dequantize_nf4, quantize_nf4
+
+__all__ = [
+    "METHODS", "NF4_CODE", "Int8Linear", "NF4Linear", "QuantLinear", "dequantize_model", "dequantize_nf4",
+    "load_quantized", "merge_to_dense", "quantize_model", "quantize_nf4", "quantized_layers", "save_merged",
+]

@@ -1,0 +1,64 @@
+"""Activation and loss memory of one training step, counted tensor by tensor (fp32, 4 bytes).
+
+Per decoder layer, autograd keeps for backward (per token; H hidden, I intermediate, K the
+key/value width, A the attention heads; counted with ``torch.autograd.graph.saved_tensors_hooks``
+on Llama/Qwen2 layers, sdpa attention, and exact for every size tried):
+
+* always, once anything before the layer needs a gradient: the layer input (RMSNorm), the
+  rotated query, the attention output, the mid-layer residual (4 H); rotated key and value
+  (2 K); sdpa's log-sum-exp (A); gate, SiLU(gate) and up projections (3 I); two RMSNorm
+  reciprocal roots (2);
+* the input of each trained linear, once per distinct input (q/k/v share one, gate/up one,
+  down has its own): H, H and I for all-linear LoRA;
+* each LoRA adapter's ``A x`` (r), and with LoRA dropout a dropped copy of its input (+ mask);
+* full fine-tuning: the two normalised inputs the trained norm weights multiply (2 H).
+
+With gradient checkpointing only each layer's input (H) is kept, and one layer's set is rebuilt
+at a time during backward. While a layer runs backward, its incoming gradient, the residual
+gradient and the gate/up gradients are alive too (2 H + 2 I).
+
+The loss is assumed to be a chunked cross entropy (lorakit's trainer): logits exist for at most
+`loss_chunk_tokens` tokens at a time and are recomputed in backward, where the chunk's logits,
+log-softmax and their gradient coexist (3 x chunk x vocab).
+"""
+
+from __future__ import annotations
+
+from lorakit.plan.arch import ArchFacts
+
+FP32 = 4
+
+
+def saved_bytes_per_token_per_layer(arch: ArchFacts, method: str, rank: int, lora_dropout: float) -> int:
+    """Bytes autograd saves per token in one decoder layer (see the module docstring)."""
+    n = 4 * arch.hidden + 2 * arch.kv_dim + arch.heads + 3 * arch.intermediate + 2
+    n += sum(width * count for width, count in arch.saved_input_groups.items())
+    extra = 0
+    if method == "full":
+        n += 2 * arch.hidden
+    else:
+        n += rank * -(-arch.adapted_linears // arch.layers)
+        if lora_dropout > 0:  # dropout(x) per adapter: an fp32 copy and a bool mask of its input
+            extra = (FP32 + 1) * -(-arch.adapted_in_features // arch.layers)
+    return FP32 * n + extra
+
+
+def backward_working_set_per_token(arch: ArchFacts) -> int:
+    """Gradients alive while one layer runs backward (elements per token)."""
+    return 2 * arch.hidden + 2 * arch.intermediate
+
+
+def activation_bytes(arch: ArchFacts, method: str, tokens: int, rank: int, grad_checkpoint: bool,
+                     lora_dropout: float = 0.0) -> int:
+    """Peak bytes of saved activations plus one layer's backward working set, for `tokens` = B x S."""
+    layer = saved_bytes_per_token_per_layer(arch, method, rank, lora_dropout)
+    work = FP32 * (backward_working_set_per_token(arch) + arch.hidden)  # + the embedding output
+    if grad_checkpoint:  # every layer's input + the one layer being rebuilt
+        return tokens * (FP32 * arch.layers * arch.hidden + layer + work)
+    return tokens * (arch.layers * layer + work)
+
+
+def loss_bytes(arch: ArchFacts, tokens: int, loss_chunk_tokens: int) -> int:
+    """Peak bytes of the chunked loss: logits, log-softmax and gradient of one chunk, plus dL/dh."""
+    chunk = min(tokens, loss_chunk_tokens)
+    return FP32 * (3 * chunk * arch.vocab + tokens * arch.hidden)

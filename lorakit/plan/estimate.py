@@ -1,0 +1,124 @@
+"""Predicted peak memory of a training run, with its breakdown, before anything is loaded.
+
+Assumptions (each a parameter or a constant documented here):
+
+* fp32 compute and fp32 master weights (CPU); AdamW with two fp32 states per trained weight;
+* ``qlora``: transformer-block linears stored as NF4 (4.127 bits per weight, see
+  `lorakit.quant.nf4`), embeddings / norms / output head in fp32; ``lora``: all weights fp32;
+* the loss is a chunked cross entropy over `loss_chunk_tokens` tokens at a time;
+* large tensors are returned to the OS when freed (`lorakit.plan.malloc.lean_malloc`), so
+  resident memory follows live tensors rather than the C allocator's high-water mark;
+* ``qlora`` loads with `lorakit.quant.load_quantized`, which leaves fp32 tensors it does not
+  quantize as views of the checkpoint's file mapping; an untied input embedding is only read a
+  row at a time, so its pages are resident only for the tokens seen and the kernel may drop them
+  (clean file pages). Those bytes are shown as ``mapped`` and not counted in the total;
+* everything counted is alive together at the end of backward (gradients and optimizer state
+  exist from the first optimizer step on), a slight over-estimate for the first step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import psutil
+
+from lorakit.errors import LorakitError
+from lorakit.plan.activations import FP32, activation_bytes, loss_bytes
+from lorakit.plan.arch import ArchFacts, arch_facts, load_config
+
+METHODS = ("full", "lora", "qlora")
+
+# Resident memory of Python + torch + transformers + lorakit after the first forward/backward
+# (oneDNN/OpenMP state), before any model: 0.42 GB measured on the 2-core laptop (bench/RESULTS_quant.md).
+RUNTIME_BYTES = 420_000_000
+
+# NF4 storage per weight in bytes: 4 bits + int8 absmax per 64 + fp32 scale per 64*256 (QLoRA sec. 3)
+NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
+
+FITS, TIGHT, NO_FIT = "fits", "tight", "won't fit"
+
+
+@dataclass
+class Estimate:
+    """Predicted peak resident memory of one training step, in bytes, by component."""
+
+    runtime: int
+    weights: int
+    adapter: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    available: int
+    mapped: int = 0
+    method: str = "lora"
+    trainable_params: int = 0
+
+    @property
+    def total(self) -> int:
+        """Predicted peak resident bytes."""
+        return (self.runtime + self.weights + self.adapter + self.gradients + self.optimizer
+                + self.activations + self.logits)
+
+    @property
+    def verdict(self) -> str:
+        """'fits' below 90% of available memory, 'tight' below 100%, else "won't fit"."""
+        if self.total <= 0.9 * self.available:
+            return FITS
+        return TIGHT if self.total <= self.available else NO_FIT
+
+    def format(self) -> str:
+        """A table of the breakdown, the total and the verdict."""
+        rows = [(f.name, getattr(self, f.name)) for f in fields(self)
+                if f.name not in ("available", "mapped", "method", "trainable_params")]
+        lines = [f"{'component':<12} {'GB':>8}"]
+        lines += [f"{name:<12} {value / 1e9:>8.3f}" for name, value in rows]
+        lines.append(f"{'total':<12} {self.total / 1e9:>8.3f}")
+        if self.mapped:
+            lines.append(f"{'(mapped)':<12} {self.mapped / 1e9:>8.3f}  input embedding, file-backed, read per token")
+        lines.append(f"{'available':<12} {self.available / 1e9:>8.3f}")
+        lines.append(f"verdict: {self.verdict} ({self.method}, {self.trainable_params:,} trainable parameters)")
+        return "\n".join(lines)
+
+
+def mapped_bytes(arch: ArchFacts, method: str) -> int:
+    """Bytes of the input embedding left file-backed by `load_quantized` (fp32 checkpoints, untied)."""
+    return FP32 * arch.input_embedding_params if method == "qlora" and arch.checkpoint_fp32 else 0
+
+
+def weight_bytes(arch: ArchFacts, method: str) -> int:
+    """Resident bytes of the frozen or trained base weights."""
+    if method != "qlora":
+        return FP32 * arch.params
+    dense = arch.params - arch.linear_params
+    return int(FP32 * dense + NF4_BYTES_PER_WEIGHT * arch.linear_params) - mapped_bytes(arch, method)
+
+
+def estimate(config_or_model_spec, method: str = "lora", batch_size: int = 1, seq_len: int = 512, rank: int = 16,
+             targets: list[str] | str = "all-linear", grad_checkpoint: bool = True, loss_chunk_tokens: int = 1024,
+             lora_dropout: float = 0.0, available: int | None = None) -> Estimate:
+    """Predict the peak memory of training `config_or_model_spec` (a transformers config, a
+    config.json path, or a model alias/directory) with `method` ('full', 'lora', 'qlora')."""
+    if method not in METHODS:
+        raise LorakitError(f"unknown method {method!r}; use one of: {', '.join(METHODS)}")
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("rank", rank),
+                        ("loss_chunk_tokens", loss_chunk_tokens)):
+        if value < 1:
+            raise LorakitError(f"{name} must be a positive integer, got {value}")
+    arch = arch_facts(load_config(config_or_model_spec), rank, targets, method)
+    trainable = arch.params if method == "full" else arch.adapter_params
+    tokens = batch_size * seq_len
+    return Estimate(
+        runtime=RUNTIME_BYTES,
+        weights=weight_bytes(arch, method),
+        adapter=0 if method == "full" else FP32 * arch.adapter_params,
+        gradients=FP32 * trainable,
+        optimizer=2 * FP32 * trainable,
+        activations=activation_bytes(arch, method, tokens, rank, grad_checkpoint, lora_dropout),
+        logits=loss_bytes(arch, tokens, loss_chunk_tokens),
+        available=psutil.virtual_memory().available if available is None else available,
+        mapped=mapped_bytes(arch, method),
+        method=method,
+        trainable_params=trainable,
+    )
+
