@@ -26,10 +26,11 @@ class LoraEmbedding(LoraLayer):
         self.lora_embedding_B = nn.ParameterDict()
 
     @classmethod
-    def from_base(cls, base_layer: nn.Embedding, name: str, config: LoraConfig) -> "LoraEmbedding":
+    def from_base(cls, base_layer: nn.Embedding, name: str, config: LoraConfig,
+                  init_weights: bool = True) -> "LoraEmbedding":
         """Wrap `base_layer` and add adapter `name`."""
         layer = cls(base_layer)
-        layer.add_adapter(name, config)
+        layer.add_adapter(name, config, init_weights)
         return layer
 
     def _adapter_attrs(self) -> tuple[str, ...]:
@@ -44,13 +45,18 @@ class LoraEmbedding(LoraLayer):
             shapes["lora_magnitude_vector"] = (dim,)
         return shapes
 
-    def add_adapter(self, name: str, config: LoraConfig) -> None:
-        """Create A (r, num_embeddings) = 0 and B (dim, r) ~ N(0, 1)."""
+    def add_adapter(self, name: str, config: LoraConfig, init_weights: bool = True) -> None:
+        """Create A (r, num_embeddings) = 0 and B (dim, r) ~ N(0, 1) (left empty without `init_weights`)."""
         w = self.base_layer.weight
-        self.lora_embedding_A[name] = nn.Parameter(torch.zeros(config.r, self.num_embeddings, device=w.device, dtype=w.dtype))
-        self.lora_embedding_B[name] = nn.Parameter(torch.randn(self.embedding_dim, config.r, device=w.device, dtype=w.dtype))
+        factory = {"device": w.device, "dtype": w.dtype}
+        a = torch.zeros if init_weights else torch.empty
+        b = torch.randn if init_weights else torch.empty
+        self.lora_embedding_A[name] = nn.Parameter(a(config.r, self.num_embeddings, **factory))
+        self.lora_embedding_B[name] = nn.Parameter(b(self.embedding_dim, config.r, **factory))
         self._add_common(name, config)
-        if config.use_dora:
+        if config.use_dora and not init_weights:
+            self.lora_magnitude_vector[name] = DoraMagnitude(self.embedding_dim, **factory)
+        elif config.use_dora:
             self.lora_magnitude_vector[name] = DoraMagnitude.from_weights(
                 w.T, self.lora_embedding_B[name] @ self.lora_embedding_A[name], config.scaling
             )

@@ -142,9 +142,9 @@ def read_adapter_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise AdapterLoadError(f"{weights}: truncated or corrupt safetensors file ({exc}); save or copy it again") from None
 
 
-def _expected(model: nn.Module, config: LoraConfig) -> tuple[dict[str, tuple[str, str, tuple]], set[str]]:
+def _expected(model: nn.Module, config: LoraConfig, plan: tuple) -> tuple[dict[str, tuple[str, str, tuple]], set[str]]:
     """Key -> (module, local key, shape) an adapter with `config` must provide, and keys PEFT may add."""
-    targets, saved = plan_targets(model, config)
+    targets, saved = plan
     expected: dict[str, tuple[str, str, tuple]] = {}
     optional: set[str] = set()
     for module_name, module in targets:
@@ -176,7 +176,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
     if name in adapters(model):
         raise AdapterLoadError(f"{path}: an adapter named '{name}' is already loaded; load it under another name")
     try:
-        expected, optional = _expected(model, config)
+        plan = plan_targets(model, config)
+        expected, optional = _expected(model, config, plan)
     except LorakitError as exc:
         raise AdapterLoadError(f"{path}: {exc} (was this adapter trained for a different base model?)") from None
     missing = sorted(set(expected) - set(tensors))
@@ -189,7 +190,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
         if tuple(tensors[key].shape) != shape:
             raise AdapterLoadError(f"{weights}: {key} has shape {tuple(tensors[key].shape)} but module "
                                    f"'{module_name}' needs {shape}; the adapter was trained for a different base model")
-    info = add_adapter(model, config, name)
+    info = add_adapter(model, config, name, init_weights=False, plan=plan)
     try:
         with torch.no_grad():
             for key, (module_name, local, _) in expected.items():

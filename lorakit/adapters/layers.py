@@ -8,6 +8,7 @@ Parameter names and shapes are PEFT's, so saving is filtering keys:
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +91,15 @@ class LoraLayer(nn.Module):
         raise NotImplementedError
 
     def merge(self, names: list[str] | None = None) -> None:
-        """Fold adapters into ``base_layer.weight`` (no-op for ones already merged)."""
+        """Fold adapters into ``base_layer.weight`` (no-op for ones already merged).
+
+        A quantized base is first swapped for its dequantized fp32 `nn.Linear` (``to_dense``) and
+        the delta added there; `unmerge` puts the untouched quantized module back.
+        """
+        to_dense = getattr(self.base_layer, "to_dense", None)
+        if callable(to_dense):
+            self.__dict__["_quantized_base"] = self.base_layer  # not a submodule: no double state_dict
+            self.base_layer = to_dense(torch.float32)
         weight = self.base_layer.weight
         for name in names if names is not None else self.active_adapters:
             if name in self.merged_adapters or name not in self.r:
@@ -107,6 +116,14 @@ class LoraLayer(nn.Module):
 
     def unmerge(self) -> None:
         """Undo `merge`, last merged first."""
+        quantized = self.__dict__.pop("_quantized_base", None)
+        if quantized is not None:  # the quantized original was never changed: restore it exactly
+            for name in self.merged_adapters:
+                if name in self.lora_magnitude_vector:
+                    self.lora_magnitude_vector[name].pop_merge_factor()
+            self.merged_adapters.clear()
+            self.base_layer = quantized
+            return
         weight = self.base_layer.weight
         while self.merged_adapters:
             name = self.merged_adapters.pop()
@@ -161,10 +178,10 @@ class LoraLinear(LoraLayer):
         self.lora_B = nn.ModuleDict()
 
     @classmethod
-    def from_base(cls, base_layer: nn.Module, name: str, config: LoraConfig) -> "LoraLinear":
+    def from_base(cls, base_layer: nn.Module, name: str, config: LoraConfig, init_weights: bool = True) -> "LoraLinear":
         """Wrap `base_layer` and add adapter `name`."""
         layer = cls(base_layer)
-        layer.add_adapter(name, config)
+        layer.add_adapter(name, config, init_weights)
         return layer
 
     def _adapter_attrs(self) -> tuple[str, ...]:
@@ -179,20 +196,28 @@ class LoraLinear(LoraLayer):
             shapes["lora_magnitude_vector"] = (out_f,)
         return shapes
 
-    def add_adapter(self, name: str, config: LoraConfig) -> None:
-        """Create A (r, in) and B (out, r); B = 0 so the output starts equal to the base's."""
+    def add_adapter(self, name: str, config: LoraConfig, init_weights: bool = True) -> None:
+        """Create A (r, in) and B (out, r); B = 0 so the output starts equal to the base's.
+
+        ``init_weights=False`` leaves them uninitialised, for a loader that overwrites them at once.
+        """
         w = dense_weight(self.base_layer)
         # adapters train in fp32 even on a low-precision or quantized base
         factory = {"device": w.device, "dtype": w.dtype if w.dtype == torch.float64 else torch.float32}
-        self.lora_A[name] = nn.Linear(self.in_features, config.r, bias=False, **factory)
-        self.lora_B[name] = nn.Linear(config.r, self.out_features, bias=False, **factory)
+        make = nn.Linear if init_weights else partial(nn.utils.skip_init, nn.Linear)
+        self.lora_A[name] = make(self.in_features, config.r, bias=False, **factory)
+        self.lora_B[name] = make(config.r, self.out_features, bias=False, **factory)
+        self._add_common(name, config)
+        if not init_weights:
+            if config.use_dora:
+                self.lora_magnitude_vector[name] = DoraMagnitude(self.out_features, **factory)
+            return
         if config.init == "gaussian":
             nn.init.normal_(self.lora_A[name].weight, std=1 / config.r)
         else:
             # nn.Linear's own default init, as in the LoRA reference code and PEFT
             nn.init.kaiming_uniform_(self.lora_A[name].weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B[name].weight)
-        self._add_common(name, config)
         if config.use_dora:
             self.lora_magnitude_vector[name] = DoraMagnitude.from_weights(
                 self._base_weight_out_in(), self.lora_B[name].weight @ self.lora_A[name].weight, config.scaling
@@ -217,7 +242,8 @@ class LoraLinear(LoraLayer):
         dropout = self.lora_dropout[name]
         x = x.to(A.weight.dtype)
         if name not in self.lora_magnitude_vector:
-            return B(A(dropout(x))) * scaling
+            # scale the (.., r) activations, not the (.., out) result: r << out
+            return B(A(dropout(x)) * scaling)
         # DoRA: (m / ||W + s BA||) (W x + s B A x) - W x, the norm detached (DoRA paper, sec. 4.3)
         base = self._base_weight_out_in().to(x.dtype)
         if isinstance(dropout, nn.Identity) or not self.training:
@@ -238,12 +264,26 @@ class LoraLinear(LoraLayer):
         if self.row_adapters is not None:
             return self._mixed_forward(x, result).to(out_dtype)
         for name in self.active_adapters:
-            if name in self.lora_A:
+            if name not in self.lora_A:
+                continue
+            if name in self.lora_magnitude_vector:
                 result = result + self._adapter_output(name, x, result)
+                continue
+            # plain LoRA: result + (s * A(drop(x))) @ B^T as one addmm (no (.., out) temporaries)
+            A, B = self.lora_A[name], self.lora_B[name]
+            h = A(self.lora_dropout[name](x.to(A.weight.dtype))) * self.scaling[name]
+            result = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]),
+                                 B.weight.T).view(result.shape)
         return result.to(out_dtype)
 
     def _mixed_forward(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         """Each batch row takes its own adapter (``row_adapters[i]``; None = base only)."""
+        from lorakit.adapters.rows import fast_path_ok, mixed_linear_delta
+
+        present = tuple(sorted({n for n in self.row_adapters if n is not None and n in self.lora_A}))
+        if fast_path_ok(self, present):  # all adapters of the batch in two matmuls (see rows.py)
+            delta = mixed_linear_delta(self, x, self.row_adapters)
+            return result if delta is None else result + delta.to(result.dtype)
         out = result.clone()
         for name in dict.fromkeys(self.row_adapters):
             if name is None or name not in self.lora_A:

@@ -55,10 +55,10 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _wrap(module: nn.Module, name: str, config: LoraConfig) -> LoraLayer:
+def _wrap(module: nn.Module, name: str, config: LoraConfig, init_weights: bool) -> LoraLayer:
     if isinstance(module, nn.Embedding):
-        return LoraEmbedding.from_base(module, name, config)
-    return LoraLinear.from_base(module, name, config)
+        return LoraEmbedding.from_base(module, name, config, init_weights)
+    return LoraLinear.from_base(module, name, config, init_weights)
 
 
 def plan_targets(model: nn.Module, config: LoraConfig) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
@@ -80,24 +80,27 @@ def plan_targets(model: nn.Module, config: LoraConfig) -> tuple[list[tuple[str, 
     return targets, saved
 
 
-def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default") -> AdapterInfo:
+def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default", *, init_weights: bool = True,
+                plan: tuple | None = None) -> AdapterInfo:
     """Inject adapter `name` into `model` (in place) and make only adapter weights trainable.
 
     Everything is validated before the model is touched: on error the model is unchanged.
+    A loader that overwrites the weights at once passes ``init_weights=False`` and the
+    `plan_targets` result it already computed.
     """
     registry = adapters(model)
     if name in registry:
         raise LorakitError(f"an adapter named '{name}' is already loaded; pick another name or delete it first")
-    targets, saved = plan_targets(model, config)
+    targets, saved = plan if plan is not None else plan_targets(model, config)
     previously_active = active_adapters(model)
     if not registry:
         model.requires_grad_(False)
     info = AdapterInfo(config=config)
     for module_name, module in targets:
         if isinstance(module, LoraLayer):
-            module.add_adapter(name, config)
+            module.add_adapter(name, config, init_weights)
         else:
-            _replace(model, module_name, _wrap(module, name, config))
+            _replace(model, module_name, _wrap(module, name, config, init_weights))
         info.modules.append(module_name)
     for module_name, module in saved:
         if isinstance(module, ModulesToSave):
@@ -106,8 +109,14 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default") -> 
             _replace(model, module_name, ModulesToSave.from_base(module, name))
         info.saved_modules.append(module_name)
     registry[name] = info
-    # adding an adapter does not change which one runs (as in PEFT), except for the first
-    set_adapter(model, previously_active or [name])
+    # adding an adapter does not change which one runs (as in PEFT), except for the first;
+    # only the newly wrapped layers need telling
+    active = previously_active or [name]
+    for module_name in info.modules:
+        layer = model.get_submodule(module_name)
+        layer.active_adapters = [n for n in active if n in layer.r]
+    for module_name in info.saved_modules:
+        model.get_submodule(module_name).set_adapter(active)
     return info
 
 
