@@ -1,9 +1,134 @@
-"""`lorakit` sub-commands of lorakit.infer (placeholder until they land)."""
+"""`lorakit serve` and `lorakit generate`."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("lorakit.infer")
+
+
+def _context_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-context", type=int, default=2048, help="tokens of prompt + answer per request (KV cache size)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this package's sub-commands to the top-level parser."""
+    """Add `serve` and `generate` to the top-level parser."""
+    s = sub.add_parser("serve", help="OpenAI-compatible server: one base model, many hot-swappable adapters")
+    s.add_argument("--model", default=None, help="HF model directory, .gguf file or alias (default: smollm2-135m-instruct)")
+    s.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH", help="adapter to load at start (repeat)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=os.environ.get("LORAKIT_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1 (default: $LORAKIT_API_KEY)")
+    s.add_argument("--adapter-root", default=None, metavar="DIR",
+                   help="POST /v1/adapters may load adapters only from under DIR (off when not given)")
+    s.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
+    s.add_argument("--max-queue", type=int, default=256, help="requests waiting before new ones get 503")
+    _context_arg(s)
+    s.set_defaults(func=serve)
+
+    g = sub.add_parser("generate", help="stream a model's answer (or several adapters' answers) to one prompt")
+    g.add_argument("--model", default=None, help="HF model directory, .gguf file or alias (default: smollm2-135m-instruct)")
+    g.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH",
+                   help="adapter directory; give it twice (with names) to compare answers")
+    g.add_argument("--base", action="store_true", help="also show the base model's answer")
+    mode = g.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--prompt", help="the prompt (instruct models get their chat template)")
+    mode.add_argument("--chat", action="store_true", help="interactive chat on stdin (one adapter at most)")
+    g.add_argument("--system", default=None, help="system message for chat-template models")
+    g.add_argument("--raw", action="store_true", help="send --prompt as plain text, without the chat template")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeat)")
+    _context_arg(g)
+    g.set_defaults(func=generate)
+
+
+def _load(model_spec, adapter_specs):
+    import torch
+
+    from lorakit.adapters import load_adapter
+    from lorakit.infer.generate import parse_adapter_specs
+    from lorakit.models import load_model
+
+    named = parse_adapter_specs(adapter_specs)
+    model, tok = load_model(model_spec, dtype=torch.float32)
+    for name, path in named:
+        load_adapter(model, path, name)
+    return model, tok, [n for n, _ in named], base_model_name(model_spec)
+
+
+def base_model_name(spec) -> str:
+    """The `model` value that selects the base: the alias, or the directory's (or .gguf file's) name."""
+    from lorakit.models import DEFAULT_MODEL
+
+    if spec is None:
+        return DEFAULT_MODEL
+    path = Path(str(spec).rstrip("/"))
+    return path.stem if path.suffix == ".gguf" else path.name or str(spec)
+
+
+def generate(args: argparse.Namespace) -> int:
+    """Handler of `lorakit generate`."""
+    from lorakit.errors import LorakitError
+    from lorakit.infer.engine import Engine
+    from lorakit.infer.generate import chat_loop, encode, stream_answers
+    from lorakit.infer.sampling import SamplingParams
+
+    params = SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            seed=args.seed, stop=args.stop)
+    if args.chat and (len(args.adapter) > 1 or args.base):
+        raise LorakitError("--chat talks to one model: give at most one --adapter and no --base")
+    model, tok, names, _ = _load(args.model, args.adapter)
+    targets: list[str | None] = ([None] if args.base or not names else []) + names
+    engine = Engine(model, tok, max_batch=len(targets), max_context=args.max_context)
+    try:
+        if args.chat:
+            chat_loop(engine, targets[0], params, args.system)
+            return 0
+        ids = encode(tok, args.prompt, None, args.system, args.raw)
+        if len(ids) >= engine.max_context:
+            raise LorakitError(f"the prompt has {len(ids)} tokens but the context holds {engine.max_context}; "
+                               "shorten it or raise --max-context")
+        stream_answers(engine, ids, targets, params, sys.stdout, headers=len(targets) > 1)
+        return 0
+    finally:
+        engine.close()
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Handler of `lorakit serve`."""
+    import uvicorn
+
+    from lorakit.errors import LorakitError
+    from lorakit.infer.engine import Engine
+    from lorakit.infer.server import create_app
+
+    if args.adapter_root and not Path(args.adapter_root).is_dir():
+        raise LorakitError(f"--adapter-root {args.adapter_root}: not a directory")
+    for spec in args.adapter:
+        if "=" not in spec:
+            raise LorakitError(f"--adapter {spec!r}: use NAME=PATH")
+    model, tok, names, base_name = _load(args.model, args.adapter)
+    engine = Engine(model, tok, max_batch=args.max_batch, max_context=args.max_context, max_queue=args.max_queue)
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback and not args.api_key:
+        log.warning("serving on %s without --api-key: anyone who can reach this port can use the model", args.host)
+    app = create_app(engine, base_name, api_key=args.api_key, adapter_root=args.adapter_root)
+    log.info("serving %s with adapters [%s] on http://%s:%d (playground at /)", base_name, ", ".join(names),
+             args.host, args.port)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        engine.close()
+    return 0

@@ -1,0 +1,236 @@
+"""Continuous-batching generation engine: one base model, many adapters, one worker thread.
+
+Requests join between decode steps. A new request's prompt is prefilled in chunks (one
+chunk per iteration, so running streams keep moving), then it decodes with everyone else
+in one batched forward where each row runs its own adapter (`adapter_rows`). The model
+only ever runs on the worker thread; other threads talk to it through `submit`, `cancel`
+and `call` (a function run between steps, used for adapter loads and unloads).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from lorakit.adapters import adapter_rows, adapters, delete_adapter
+from lorakit.infer.kvcache import SlotCache
+from lorakit.infer.request import Event, PromptTooLongError, QueueFullError, Request, UnknownAdapterError
+from lorakit.infer.sampling import SamplingParams
+
+log = logging.getLogger("lorakit.infer")
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """Token ids that end a generation: the tokenizer's EOS and the model's generation config's."""
+    ids: set[int] = set()
+    for value in (getattr(tokenizer, "eos_token_id", None),
+                  getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+class Engine:
+    """Serves generation requests for `model` and the adapters loaded on it."""
+
+    def __init__(self, model, tokenizer, *, max_batch: int = 16, max_context: int = 2048,
+                 max_queue: int = 256, prefill_chunk: int = 256) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        limit = getattr(model.config, "max_position_embeddings", None) or max_context
+        self.max_context = min(max_context, limit)
+        self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
+        self.eos_ids = eos_token_ids(model, tokenizer)
+        self.cache = SlotCache(model.config, max_batch, self.max_context,
+                               dtype=next(model.parameters()).dtype, device=next(model.parameters()).device)
+        self.rows: list[Request] = []          # decoding; rows[i] lives in cache slot i
+        self.prefilling: Request | None = None  # at most one, in slot len(rows)
+        self.waiting: deque[Request] = deque()
+        self.draining: set[str] = set()         # unloaded: no new requests, deleted once idle
+        self.public_adapters: tuple[str, ...] = tuple(adapters(model))
+        self.tokens_generated = 0
+        self._inbox: queue.Queue = queue.Queue()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="lorakit-engine", daemon=True)
+        self._thread.start()
+
+    # -- API for other threads ------------------------------------------------------------
+    def submit(self, prompt_ids: list[int], adapter: str | None, params: SamplingParams,
+               emit: Callable[[Event], None]) -> Request:
+        """Queue a request; its events go to `emit` (called on the worker thread)."""
+        if adapter is not None and adapter not in self.public_adapters:
+            raise UnknownAdapterError(f"no adapter named {adapter!r}; loaded: {', '.join(self.public_adapters) or 'none'}")
+        if not prompt_ids:
+            raise PromptTooLongError("the prompt is empty; send at least one token of text")
+        if len(prompt_ids) >= self.max_context:
+            raise PromptTooLongError(f"the prompt has {len(prompt_ids)} tokens but the context holds {self.max_context}; "
+                                     "shorten the prompt")
+        if self._inbox.qsize() + len(self.waiting) >= self.max_queue:
+            raise QueueFullError(f"{self.max_queue} requests are already queued; retry later")
+        req = Request(list(prompt_ids), adapter, params, emit, tokenizer=self.tokenizer)
+        self._inbox.put(("submit", req))
+        return req
+
+    def cancel(self, req: Request) -> None:
+        """Stop `req` at the next step and free its slot (e.g. the client went away)."""
+        req.cancelled = True
+        self._inbox.put(("wake", None))
+
+    def call(self, fn: Callable[[], Any], timeout: float | None = 60.0) -> Any:
+        """Run `fn` on the worker thread between two steps and return its result (or raise its error)."""
+        fut: Future = Future()
+        self._inbox.put(("call", (fn, fut)))
+        return fut.result(timeout)
+
+    def stream(self, prompt_ids: list[int], adapter: str | None, params: SamplingParams) -> Iterator[Event]:
+        """Submit and yield the request's events from this (non-worker) thread."""
+        events: queue.Queue = queue.Queue()
+        req = self.submit(prompt_ids, adapter, params, events.put)
+        try:
+            while True:
+                event = events.get()
+                yield event
+                if event.kind != "token":
+                    return
+        finally:
+            if not req.finished:
+                self.cancel(req)
+
+    def close(self) -> None:
+        """Stop the worker thread (running requests end with an error event)."""
+        self._stop = True
+        self._inbox.put(("wake", None))
+        self._thread.join(timeout=30)
+
+    def load(self) -> dict[str, int]:
+        """Requests running, prefilling and waiting (read without locking: approximate)."""
+        return {"running": len(self.rows), "prefilling": int(self.prefilling is not None),
+                "waiting": len(self.waiting) + self._inbox.qsize()}
+
+    def refresh_adapters(self) -> None:
+        """Recompute the adapters new requests may use (worker thread, after any change)."""
+        self.public_adapters = tuple(n for n in adapters(self.model) if n not in self.draining)
+
+    def in_use(self, name: str) -> bool:
+        """Whether a running or queued request uses adapter `name` (worker thread)."""
+        reqs = [*self.rows, *self.waiting, *([self.prefilling] if self.prefilling else [])]
+        return any(r.adapter == name for r in reqs)
+
+    # -- worker thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stop:
+            idle = not (self.rows or self.prefilling or self.waiting)
+            try:
+                self._handle(self._inbox.get(timeout=0.5) if idle else self._inbox.get_nowait())
+                while True:
+                    self._handle(self._inbox.get_nowait())
+            except queue.Empty:
+                pass
+            try:
+                with torch.inference_mode():
+                    self._drop_cancelled()
+                    self._admit()
+                    self._step()
+                self._finish_draining()
+            except Exception as exc:  # a fault must not kill the server: fail the batch, keep serving
+                log.exception("engine step failed")
+                for req in [*self.rows, *([self.prefilling] if self.prefilling else [])]:
+                    req.fail(f"generation failed: {exc}")
+                self.rows, self.prefilling = [], None
+        for req in [*self.rows, *self.waiting, *([self.prefilling] if self.prefilling else [])]:
+            req.fail("the server is shutting down")
+
+    def _handle(self, item) -> None:
+        kind, payload = item
+        if kind == "submit":
+            self.waiting.append(payload)
+        elif kind == "call":
+            fn, fut = payload
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+            finally:
+                self.refresh_adapters()
+
+    def _drop_cancelled(self) -> None:
+        for req in [r for r in self.waiting if r.cancelled]:
+            req.finish("cancelled")
+        self.waiting = deque(r for r in self.waiting if not r.cancelled)
+        if self.prefilling is not None and self.prefilling.cancelled:
+            self.prefilling.finish("cancelled")
+            self.prefilling = None
+        for req in [r for r in self.rows if r.cancelled]:
+            req.finish("cancelled")
+            self._remove(req)
+
+    def _admit(self) -> None:
+        if self.prefilling is None and self.waiting and len(self.rows) < self.max_batch:
+            req = self.waiting.popleft()
+            req.slot = len(self.rows)
+            self.prefilling = req
+
+    def _remove(self, req: Request) -> None:
+        """Free `req`'s slot, moving the last row into it so rows stay in slots 0..n-1."""
+        i = self.rows.index(req)
+        last = self.rows.pop()
+        if last is not req:
+            self.rows[i] = last
+            self.cache.move(last.slot, i, last.cached)
+            last.slot = i
+        if self.prefilling is not None and self.prefilling.slot != len(self.rows):
+            self.cache.move(self.prefilling.slot, len(self.rows), self.prefilling.cached)
+            self.prefilling.slot = len(self.rows)
+
+    def _forward(self, ids: torch.Tensor, first: int, starts: list[int], names: list[str | None]) -> torch.Tensor:
+        mask = self.cache.bind(first, starts, ids.shape[1])
+        rows = adapter_rows(self.model, names) if adapters(self.model) else nullcontext()
+        with rows:
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=self.cache.position_ids(),
+                             past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float()
+
+    def _step(self) -> None:
+        req = self.prefilling
+        if req is not None:
+            chunk = req.prompt_ids[req.cached: req.cached + self.prefill_chunk]
+            logits = self._forward(torch.tensor([chunk]), req.slot, [req.cached], [req.adapter])
+            req.cached += len(chunk)
+            if req.cached == len(req.prompt_ids):
+                self.prefilling = None
+                self.rows.append(req)
+                self._accept(req, logits[0])
+        if not self.rows:
+            return
+        batch = list(self.rows)
+        ids = torch.tensor([[r.next_token] for r in batch])
+        logits = self._forward(ids, 0, [r.cached for r in batch], [r.adapter for r in batch])
+        for r in batch:
+            r.cached += 1
+        for r, row in zip(batch, logits):
+            self._accept(r, row)
+
+    def _accept(self, req: Request, logits: torch.Tensor) -> None:
+        reason = req.accept(req.sampler(logits), self.eos_ids, self.max_context)
+        self.tokens_generated += 1
+        if reason is not None:
+            req.finish(reason)
+            self._remove(req)
+
+    def _finish_draining(self) -> None:
+        for name in [n for n in self.draining if not self.in_use(n)]:
+            if name in adapters(self.model):
+                delete_adapter(self.model, name)
+            self.draining.discard(name)
+            log.info("adapter %s unloaded", name)
+            self.refresh_adapters()

@@ -1,0 +1,113 @@
+"""Load, unload and combine adapters while the engine serves requests.
+
+Files are read and checked on the caller's thread; only the cheap change to the model runs
+on the engine's worker thread, between two decode steps, so running streams keep going.
+An unloaded adapter stops taking new requests at once and is deleted when its last running
+request ends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+from lorakit.adapters import load_adapter, read_adapter_config
+from lorakit.adapters.io import read_adapter_weights
+from lorakit.errors import AdapterLoadError, LorakitError
+from lorakit.infer.combine import install_adapter, plan_combination
+from lorakit.infer.engine import Engine
+from lorakit.infer.request import EngineError, UnknownAdapterError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class AdapterForbiddenError(EngineError):
+    status = 403
+
+
+class AdapterConflictError(EngineError):
+    status = 409
+
+
+class AdapterIncompatibleError(EngineError):
+    status = 422
+
+
+class AdapterPathNotFoundError(EngineError):
+    status = 404
+
+
+def check_name(engine: Engine, name: str, reserved: set[str]) -> None:
+    """Refuse names that are malformed, reserved (the base's) or taken."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise EngineError(f"adapter name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-'")
+    if name in reserved:
+        raise AdapterConflictError(f"{name!r} is the base model's name; pick another adapter name")
+    if name in engine.public_adapters or name in engine.draining:
+        raise AdapterConflictError(f"an adapter named {name!r} is already loaded; unload it first or pick another name")
+
+
+def resolve_under(root: str | os.PathLike | None, path: str) -> Path:
+    """`path` (relative to `root`, or absolute) resolved; it must lie inside `root` when one is set."""
+    if root is None:
+        return Path(path).expanduser().resolve()
+    base = Path(root).expanduser().resolve()
+    target = (base / path).resolve()  # resolve() follows symlinks, so a link out of the root is caught too
+    if target != base and base not in target.parents:
+        raise AdapterForbiddenError(f"adapter path {path!r} is outside the adapter root {base}; "
+                                    "copy the adapter under it or restart with another --adapter-root")
+    return target
+
+
+def load(engine: Engine, name: str, path: str | os.PathLike, *, root: str | os.PathLike | None = None,
+         reserved: set[str] = frozenset()) -> float:
+    """Load the PEFT adapter at `path` as `name`; returns the seconds the model was paused."""
+    check_name(engine, name, set(reserved))
+    target = resolve_under(root, str(path))
+    if not target.is_dir():
+        raise AdapterPathNotFoundError(f"adapter directory {str(path)!r} not found under the adapter root")
+    try:  # parse on this thread: a broken file is refused before the worker is asked anything
+        read_adapter_config(target)
+        read_adapter_weights(target)
+    except AdapterLoadError as exc:
+        raise AdapterIncompatibleError(str(exc)) from None
+
+    def apply() -> float:
+        start = time.perf_counter()
+        load_adapter(engine.model, target, name)
+        return time.perf_counter() - start
+
+    try:
+        return engine.call(apply)
+    except AdapterLoadError as exc:
+        raise AdapterIncompatibleError(str(exc)) from None
+
+
+def unload(engine: Engine, name: str) -> None:
+    """Stop new requests for `name` now; delete it once its running requests have finished."""
+    if name not in engine.public_adapters:
+        raise UnknownAdapterError(f"no adapter named {name!r}; loaded: {', '.join(engine.public_adapters) or 'none'}")
+
+    def mark() -> None:
+        engine.draining.add(name)
+
+    engine.call(mark)
+
+
+def combine(engine: Engine, name: str, weights: dict[str, float], *, method: str = "linear",
+            density: float = 0.5, rank: int | None = None, reserved: set[str] = frozenset()) -> None:
+    """Create adapter `name` = weighted combination of loaded adapters (see `lorakit.infer.combine`)."""
+    check_name(engine, name, set(reserved))
+    missing = [n for n in weights if n not in engine.public_adapters]
+    if missing:
+        raise UnknownAdapterError(f"no adapter named {missing[0]!r} to combine; "
+                                  f"loaded: {', '.join(engine.public_adapters) or 'none'}")
+    try:
+        plan = plan_combination(engine.model, weights, method, density, rank)
+        engine.call(lambda: install_adapter(engine.model, name, plan))
+    except EngineError:
+        raise
+    except LorakitError as exc:
+        raise EngineError(str(exc)) from None
