@@ -1,0 +1,141 @@
+"""`lorakit eval`, `lorakit compare` and `lorakit merge`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lorakit.errors import LorakitError
+
+MODEL_HELP = "HF model directory, .gguf file or alias (default: smollm2-135m-instruct)"
+
+
+def parse_adapters(specs: list[str]) -> dict[str, str]:
+    """``NAME=PATH`` or ``PATH`` (named after its folder) -> {name: path}; names must differ."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec.rstrip("/")).name, spec
+        if not name or not path:
+            raise LorakitError(f"--adapter {spec!r}: use NAME=PATH or PATH")
+        if name in out:
+            raise LorakitError(f"--adapter name {name!r} is given twice; name them: --adapter A=PATH1 --adapter B=PATH2")
+        out[name] = path
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `eval`, `compare` and `merge` to the top-level parser."""
+    e = sub.add_parser("eval", help="perplexity, style, drift and samples: base vs adapters -> report.html",
+                       description="Evaluate the base model and each adapter on a prepared dataset; writes "
+                                   "OUT/report.json and a self-contained OUT/report.html.")
+    e.add_argument("--model", default=None, help=MODEL_HELP)
+    e.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH", help="adapter directory (repeat)")
+    e.add_argument("--data", required=True, metavar="DIR", help="dataset from `lorakit data prepare` (uses test.jsonl)")
+    e.add_argument("--out", default="eval-report", metavar="DIR", help="report directory (default: eval-report)")
+    e.add_argument("--max-eval-tokens", type=int, default=2500, help="scored test tokens per book (default 2500)")
+    e.add_argument("--style-prompts", type=int, default=6, help="held-out prompts generated for style and samples")
+    e.add_argument("--max-new-tokens", type=int, default=128, help="tokens per generation (default 128)")
+    e.add_argument("--drift-tokens", type=int, default=48, help="tokens of each base answer scored for drift")
+    e.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of generations (0: greedy)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("compare", help="full vs head vs LoRA r=4/8/16 vs DoRA r=8 on the same data and tokens",
+                       description="Train each method for the same steps (fitted to --budget-minutes, or --steps) "
+                                   "and tabulate trainable params, held-out perplexity, wall time, peak memory, size.")
+    c.add_argument("--model", default=None, help=MODEL_HELP)
+    c.add_argument("--data", required=True, metavar="DIR", help="dataset from `lorakit data prepare`")
+    c.add_argument("--out", default="compare-report", metavar="DIR", help="output directory (default: compare-report)")
+    c.add_argument("--budget-minutes", type=float, default=10.0, help="wall-time budget for everything (default 10)")
+    c.add_argument("--steps", type=int, default=None, help="fixed steps per method (overrides --budget-minutes)")
+    c.add_argument("--methods", default=None, metavar="A,B,...",
+                   help="subset of: full, head, lora-r4, lora-r8, lora-r16, dora-r8 (default: all)")
+    c.add_argument("--batch-size", type=int, default=4)
+    c.add_argument("--max-seq-len", type=int, default=256)
+    c.add_argument("--max-eval-tokens", type=int, default=2000, help="scored test tokens per book (default 2000)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    c.set_defaults(func=cmd_compare)
+
+    m = sub.add_parser("merge", help="fold an adapter into its base: a plain transformers model directory",
+                       description="Writes safetensors + config + tokenizer that AutoModelForCausalLM loads "
+                                   "without lorakit; the merge is computed in fp32, then cast to --dtype.")
+    m.add_argument("--model", default=None, help="base model (default: the adapter's recorded base, else "
+                                                 "smollm2-135m-instruct)")
+    m.add_argument("--adapter", required=True, metavar="DIR", help="adapter directory (LoRA, rsLoRA, DoRA, QLoRA)")
+    m.add_argument("--out", required=True, metavar="DIR", help="output model directory (written atomically)")
+    m.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    m.add_argument("--force", action="store_true", help="replace --out if it exists")
+    m.set_defaults(func=cmd_merge)
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise LorakitError(f"--{name} must be positive, got {value}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Handler of `lorakit eval`."""
+    from lorakit.eval.run import run_eval
+
+    for name in ("max_eval_tokens", "style_prompts", "max_new_tokens", "drift_tokens"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    result = run_eval(args.model, parse_adapters(args.adapter), args.data, args.out,
+                      max_eval_tokens=args.max_eval_tokens, n_style_prompts=args.style_prompts,
+                      max_new_tokens=args.max_new_tokens, drift_tokens=args.drift_tokens,
+                      temperature=args.temperature, seed=args.seed, threads=args.threads)
+    print(summary_lines(result))
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def summary_lines(result: dict) -> str:
+    """The eval's headline numbers, one line per model."""
+    lines = []
+    for target, ppl in result["perplexity"].items():
+        line = f"{target:>12}: ppl {ppl['overall']['ppl']:.2f}  style distance {result['style']['targets'][target]['distance']:.3f}"
+        if target in result["drift"]["change_pct"]:
+            line += f"  drift {result['drift']['change_pct'][target]:+.2f}%"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Handler of `lorakit compare`."""
+    from lorakit.eval.compare import METHODS, run_compare
+
+    methods = METHODS
+    if args.methods:
+        known = {m.name: m for m in METHODS}
+        names = [n.strip() for n in args.methods.split(",") if n.strip()]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise LorakitError(f"--methods {args.methods!r}: choose from {', '.join(known)}")
+        methods = tuple(known[n] for n in names)
+    for name in ("steps", "batch_size", "max_seq_len", "max_eval_tokens"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    result = run_compare(args.model, args.data, args.out, budget_minutes=args.budget_minutes, steps=args.steps,
+                         batch_size=args.batch_size, max_seq_len=args.max_seq_len,
+                         max_eval_tokens=args.max_eval_tokens, seed=args.seed, threads=args.threads,
+                         methods=methods)
+    base = result["base"]["perplexity"]["overall"]["ppl"]
+    print(f"{'method':>10}  {'trainable':>12}  {'%':>7}  {'ppl':>7}  {'wall s':>7}  {'peak MB':>8}  {'size MB':>8}")
+    print(f"{'base':>10}  {0:>12,}  {0:>7.3f}  {base:>7.2f}")
+    for r in result["runs"]:
+        print(f"{r['name']:>10}  {r['trainable']:>12,}  {r['trainable_pct']:>7.3f}  "
+              f"{r['perplexity']['overall']['ppl']:>7.2f}  {r['train_seconds']:>7.0f}  {r['peak_rss_mb']:>8.0f}  "
+              f"{r['saved_bytes'] / 2**20:>8.1f}")
+    print(f"report: {Path(args.out) / 'compare.html'}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Handler of `lorakit merge`."""
+    from lorakit.merge import merge_to_dir
+
+    out = merge_to_dir(args.model, args.adapter, args.out, args.dtype, force=args.force)
+    print(f"merged model written to {out} ({args.dtype}); load it with AutoModelForCausalLM.from_pretrained")
+    return 0

@@ -1,0 +1,205 @@
+"""`lorakit compare`: full fine-tuning vs head-only vs LoRA r=4/8/16 vs DoRA r=8, same data and tokens.
+
+Every method trains the same number of steps on the same batches (one token budget). With
+``budget_minutes`` the step count is chosen to fit: each method's seconds per step are
+measured on a short calibration run first. Each method then trains in a fresh process
+(`compare_worker`) so its peak memory is its own. Writes OUT/compare.json and OUT/compare.html.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorakit.errors import LorakitError
+from lorakit.eval import dataset, plots, report
+from lorakit.eval.perplexity import perplexity_by_book
+from lorakit.train.progress import read_metrics
+
+log = logging.getLogger("lorakit")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison: a training method, its rank and learning rate."""
+
+    name: str
+    method: str
+    rank: int = 8
+    lr: float = 2e-4
+
+
+# learning rates: the usual ones for each method at this scale (full fine-tuning needs ~10x less)
+METHODS: tuple[Method, ...] = (
+    Method("full", "full", lr=5e-5),
+    Method("head", "head", lr=1e-4),
+    Method("lora-r4", "lora", rank=4),
+    Method("lora-r8", "lora", rank=8),
+    Method("lora-r16", "lora", rank=16),
+    Method("dora-r8", "dora", rank=8),
+)
+STARTUP_SECONDS = 6.0  # a fresh Python importing torch + transformers, before any work
+
+
+def train_settings(m: Method, model_spec: str | None, data_dir: str, out: Path, steps: int, batch_size: int,
+                   max_seq_len: int, seed: int, threads: int | None) -> dict:
+    """TrainConfig fields for method `m` (everything but the method, rank and lr is shared)."""
+    return {"model": model_spec, "data": str(data_dir), "out": str(out), "method": m.method, "rank": m.rank,
+            "lr": m.lr, "max_steps": steps, "batch_size": batch_size, "max_seq_len": max_seq_len,
+            "mask_prompt": True, "warmup": min(10, max(steps // 10, 0)), "seed": seed, "progress": False,
+            "threads": threads}
+
+
+def trainable_counts(model_spec: str | None, m: Method) -> tuple[int, int]:
+    """(trainable parameters, base parameters) exactly as the trainer sets the model up."""
+    from lorakit.models import load_model
+    from lorakit.train.config import TrainConfig
+    from lorakit.train.methods import prepare_model
+
+    model, _ = load_model(model_spec, with_tokenizer=False)
+    total = sum(p.numel() for p in model.parameters())
+    prepare_model(model, TrainConfig(method=m.method, rank=m.rank))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+def seconds_per_step(m: Method, settings: dict, work: Path) -> tuple[float, float]:
+    """(seconds per optimizer step, fixed seconds of load + save) from a 3-step run in this process."""
+    from lorakit.train.config import TrainConfig
+    from lorakit.train.run import run_training
+
+    out = work / f"calibrate-{m.name}"
+    started = time.perf_counter()
+    run_training(TrainConfig(**{**settings, "out": str(out), "max_steps": 3, "warmup": 0}))
+    wall = time.perf_counter() - started
+    times = [r["step_time"] for r in read_metrics(out / "metrics.jsonl") if "step_time" in r]
+    shutil.rmtree(out, ignore_errors=True)
+    per_step = statistics.mean(times[1:]) if len(times) > 1 else times[0]  # step 1 pays one-off allocations
+    return per_step, max(wall - sum(times), 0.0)
+
+
+def run_worker(spec: dict, run_dir: Path) -> dict:
+    """Run one method in a fresh process; returns its measurements."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec_path, result_path, log_path = run_dir / "spec.json", run_dir / "result.json", run_dir / "worker.log"
+    spec_path.write_text(json.dumps(spec, indent=1) + "\n")
+    result_path.unlink(missing_ok=True)
+    with log_path.open("w") as fh:
+        rc = subprocess.call([sys.executable, "-m", "lorakit.eval.compare_worker", str(spec_path), str(result_path)],
+                             stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if rc != 0 or not result_path.is_file():
+        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        raise LorakitError(f"compare run {run_dir.name} failed ({lines[-1] if lines else f'exit {rc}'}); see {log_path}")
+    return json.loads(result_path.read_text())
+
+
+def run_compare(model_spec: str | None, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                budget_minutes: float | None = 10.0, steps: int | None = None, methods: tuple[Method, ...] = METHODS,
+                batch_size: int = 4, max_seq_len: int = 256, max_eval_tokens: int = 2000, seed: int = 0,
+                threads: int | None = None) -> dict:
+    """Train every method on the same data for the same steps; writes OUT/compare.json and compare.html.
+
+    steps: fixed step count; otherwise chosen so the whole comparison fits `budget_minutes`.
+    Returns the comparison dict (what compare.json holds).
+    """
+    from lorakit.models import load_model
+    from lorakit.train.run import set_threads
+
+    if steps is None and not budget_minutes:
+        raise LorakitError("give --budget-minutes or --steps: how long each method may train")
+    started = time.perf_counter()
+    out, data_dir = Path(out_dir), str(data_dir)
+    rows = dataset.read_split(data_dir, "test")
+    if not rows:
+        raise LorakitError(f"{Path(data_dir) / 'test.jsonl'}: no test samples; re-run `lorakit data prepare` "
+                           "with --test-fraction > 0")
+    dataset.read_split(data_dir, "train")  # refuse a missing train split before any work
+    set_threads(threads)
+    work = out / "runs"
+    work.mkdir(parents=True, exist_ok=True)
+
+    model, tok = load_model(model_spec)
+    rows = dataset.test_rows(data_dir, getattr(model.config, "max_position_embeddings", None) or 2048)
+    books = dataset.by_book(rows, max_eval_tokens, seed)
+    t = time.perf_counter()
+    base_ppl = perplexity_by_book(model, {b: [r.sample for r in rs] for b, rs in books.items()},
+                                  tok.pad_token_id if tok.pad_token_id is not None else 0)
+    eval_seconds = time.perf_counter() - t
+    del model
+
+    counts = {m.name: trainable_counts(model_spec, m) for m in methods}
+    common = dict(model_spec=model_spec, data_dir=data_dir, batch_size=batch_size, max_seq_len=max_seq_len,
+                  seed=seed, threads=threads)
+    calibration: dict[str, tuple[float, float]] = {}
+    if steps is None:
+        for m in methods:
+            calibration[m.name] = seconds_per_step(m, train_settings(m, out=work, steps=3, **common), work)
+            log.info("compare: %s takes %.2f s/step", m.name, calibration[m.name][0])
+        left = budget_minutes * 60 - (time.perf_counter() - started)
+        fixed = sum(c[1] + 2 * eval_seconds + STARTUP_SECONDS for c in calibration.values())
+        steps = math.floor((left - fixed) / sum(c[0] for c in calibration.values()))
+        if steps < 1:
+            raise LorakitError(f"--budget-minutes {budget_minutes:g} leaves no time to train after calibration "
+                               f"({left:.0f}s left, {fixed:.0f}s of fixed costs); raise it or pass --steps")
+        log.info("compare: %d steps per method (%d tokens each) fit the budget", steps, steps * batch_size * max_seq_len)
+
+    results = []
+    for i, m in enumerate(methods, 1):
+        log.info("compare: training %s (%d/%d), %d steps", m.name, i, len(methods), steps)
+        spec = {"train": train_settings(m, out=work / m.name, steps=steps, **common),
+                "max_eval_tokens": max_eval_tokens, "seed": seed}
+        measured = run_worker(spec, work / m.name)
+        trainable, total = counts[m.name]
+        results.append({"name": m.name, "method": m.method, "rank": m.rank if m.method in ("lora", "dora") else None,
+                        "lr": m.lr, "trainable": trainable, "trainable_pct": 100.0 * trainable / total,
+                        "seconds_per_step_calibrated": calibration.get(m.name, (None,))[0], **measured})
+        log.info("compare: %s ppl %.2f, %.0fs, peak %.0f MB", m.name, measured["perplexity"]["overall"]["ppl"],
+                 measured["train_seconds"], measured["peak_rss_mb"])
+    result = {"model": str(model_spec or "smollm2-135m-instruct"), "data": data_dir, "steps": steps,
+              "batch_size": batch_size, "max_seq_len": max_seq_len, "budget_minutes": budget_minutes,
+              "base": {"perplexity": base_ppl, "params": next(iter(counts.values()))[1]},
+              "runs": results, "seconds": time.perf_counter() - started}
+    report.write_json(out / "compare.json", result)
+    report.write_atomic(out / "compare.html", report.page("lorakit method comparison", compare_section(result, work)))
+    return result
+
+
+def compare_section(result: dict, runs_dir: Path | None = None) -> list[str]:
+    """HTML parts: the comparison table, bar charts and (if the run folders exist) loss curves."""
+    base = result["base"]["perplexity"]["overall"]["ppl"]
+    headers = ["method", "trainable params", "trainable %", "held-out ppl", "ppl vs base", "train wall s",
+               "peak RSS MB", "saved MB", "tokens"]
+    rows = [["base (no training)", 0, 0.0, base, "", "", "", "", ""]]
+    for r in result["runs"]:
+        ppl = r["perplexity"]["overall"]["ppl"]
+        rows.append([r["name"], r["trainable"], r["trainable_pct"], ppl, f"{100 * (ppl - base) / base:+.1f}%",
+                     r["train_seconds"], r["peak_rss_mb"], r["saved_bytes"] / 2**20, r["tokens"]])
+    names = [r["name"] for r in result["runs"]]
+    figs = [
+        plots.bars(["base", *names], [base, *[r["perplexity"]["overall"]["ppl"] for r in result["runs"]]],
+                   "perplexity", "held-out perplexity (lower is better)"),
+        plots.bars(names, [r["train_seconds"] for r in result["runs"]], "seconds", "training wall time"),
+        plots.bars(names, [r["peak_rss_mb"] for r in result["runs"]], "MiB", "peak memory (RSS)"),
+        plots.bars(names, [max(r["trainable"], 1) for r in result["runs"]], "parameters", "trainable parameters",
+                   log=True),
+    ]
+    parts = ["<h2>Method comparison</h2>",
+             f'<p class="note">Same data, same {result["steps"]} steps of batch {result["batch_size"]} x '
+             f'{result["max_seq_len"]} tokens for every method; each trained in a fresh process '
+             "(peak RSS is that process's).</p>", report.table(headers, rows),
+             *[report.image(f, "comparison chart") for f in figs]]
+    if runs_dir is not None:
+        curves = {n: report.loss_curve_data(runs_dir / n) for n in names}
+        curves = {k: v for k, v in curves.items() if v}
+        if curves:
+            parts.append(report.image(plots.loss_curves(curves), "loss curves"))
+    return parts
+

@@ -1,0 +1,101 @@
+"""`lorakit merge`: fold an adapter into its base and write a plain transformers model directory.
+
+The result loads with ``AutoModelForCausalLM.from_pretrained`` alone (no lorakit, no PEFT)
+and runs at the base model's speed. The merge is computed in fp32 (the adapter's update is
+small next to the weights: merging in bf16 would round much of it away) and the weights are
+cast to the requested dtype only when saved. Adapters trained with QLoRA merge onto the
+fp32 base the same way. The directory appears atomically: a crash leaves no half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lorakit.adapters import load_adapter, merge_and_unload, read_adapter_config
+from lorakit.errors import LorakitError
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """'float32' | 'bfloat16' | 'float16' (or a torch dtype among them) -> torch dtype."""
+    if isinstance(name, torch.dtype) and name in DTYPES.values():
+        return name
+    if name not in DTYPES:
+        raise LorakitError(f"--dtype {name!r}: use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def recorded_base(adapter_dir: str | os.PathLike) -> str | None:
+    """The base model named in the adapter's adapter_config.json, if any."""
+    try:
+        data = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    base = data.get("base_model_name_or_path") if isinstance(data, dict) else None
+    return str(base) if base else None
+
+
+def check_out_dir(out: Path, adapter_dir: Path, force: bool) -> None:
+    """Refuse to overwrite unless `force`, and never replace the adapter being merged."""
+    if out.exists() and not out.is_dir():
+        raise LorakitError(f"--out {out}: is a file; choose a directory path")
+    if out.resolve() == adapter_dir.resolve() or adapter_dir.resolve().is_relative_to(out.resolve()):
+        raise LorakitError(f"--out {out}: would replace the adapter being merged; choose another directory")
+    if out.exists() and not force:
+        raise LorakitError(f"--out {out}: already exists; pass --force to replace it, or choose another directory")
+
+
+def save_model_dir(model, tokenizer, out: Path, extra: dict | None = None) -> Path:
+    """save_pretrained into a temp dir next to `out`, then swap it in (replacing any old `out`)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if extra is not None:
+            (tmp / "lorakit_merge.json").write_text(json.dumps(extra, indent=1) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a model directory is for sharing
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)  # put the previous model back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def merge_to_dir(model_spec: str | os.PathLike | None, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                 dtype: str | torch.dtype = "float32", *, force: bool = False) -> Path:
+    """Merge the adapter in `adapter_dir` into `model_spec` and write a model directory at `out_dir`.
+
+    `model_spec` None means the base recorded in the adapter (else the default model).
+    Refuses an adapter made for another base before any work; returns the output path.
+    """
+    from lorakit.models import load_model
+
+    target_dtype = parse_dtype(dtype)
+    adapter_dir, out = Path(adapter_dir), Path(out_dir)
+    config = read_adapter_config(adapter_dir)  # a one-line error naming the file, before loading a model
+    check_out_dir(out, adapter_dir, force)
+    spec = model_spec or recorded_base(adapter_dir)
+    model, tokenizer = load_model(spec, dtype=torch.float32)
+    load_adapter(model, adapter_dir, "default")
+    model = merge_and_unload(model)
+    model = model.to(target_dtype)
+    model.config.dtype = target_dtype
+    info = {"base": str(spec or "smollm2-135m-instruct"), "adapter": str(adapter_dir.resolve()),
+            "dtype": str(target_dtype).removeprefix("torch."), "rank": config.r, "dora": config.use_dora,
+            "rslora": config.use_rslora, "tie_word_embeddings": bool(getattr(model.config, "tie_word_embeddings", False))}
+    return save_model_dir(model, tokenizer, out, info)
