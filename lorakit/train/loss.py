@@ -17,37 +17,52 @@ IGNORE = -100
 
 
 class _ChunkedLinearCE(torch.autograd.Function):
-    """sum over tokens of CE(softcap(h @ W^T + b), y); h (N, H), W (V, H), y (N,)."""
+    """sum over tokens of CE(softcap(h @ W^T + b), y); h (N, H), W (V, H), y (N,).
+
+    One (chunk, V) buffer at a time, worked on in place; only the per-token log-sum-exp
+    (N,) is kept for backward, where each chunk's logits are recomputed.
+    """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk, softcap):
+        lse = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk):
             logits = _logits(hidden[start:start + chunk], weight, bias, softcap)
-            total += (torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[start:start + chunk, None])[:, 0]).sum()
-        ctx.save_for_backward(hidden, weight, bias, targets)
+            picked = logits.gather(1, targets[start:start + chunk, None])[:, 0]
+            top = logits.amax(dim=-1)
+            # log-sum-exp in place: no (chunk, V) temporaries beyond the logits themselves
+            lse_chunk = logits.sub_(top[:, None]).exp_().sum(-1).log_().add_(top)
+            lse[start:start + chunk] = lse_chunk
+            total += (lse_chunk - picked).sum()
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.chunk, ctx.softcap = chunk, softcap
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, bias, targets = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight) if need_w else None
         grad_b = torch.zeros_like(bias) if need_b else None
         for start in range(0, hidden.shape[0], ctx.chunk):
-            h = hidden[start:start + ctx.chunk]
+            stop = min(start + ctx.chunk, hidden.shape[0])
+            h = hidden[start:stop]
             raw = F.linear(h, weight, bias)
-            logits = raw if ctx.softcap is None else torch.tanh(raw / ctx.softcap) * ctx.softcap
-            # d CE / d logits = softmax - onehot, computed in place to keep one (chunk, V) buffer
-            grad = torch.softmax(logits, dim=-1)
-            grad[torch.arange(h.shape[0]), targets[start:start + ctx.chunk]] -= 1.0
+            tanh = None
             if ctx.softcap is not None:
-                grad *= 1 - (logits / ctx.softcap) ** 2  # d(c tanh(z/c))/dz
+                tanh = torch.tanh(raw / ctx.softcap)
+                raw = tanh * ctx.softcap
+            # d CE / d logits = softmax - onehot; softmax = exp(logits - lse), in place
+            grad = raw.sub_(lse[start:stop, None]).exp_()
+            grad[torch.arange(stop - start), targets[start:stop]] -= 1.0
+            if tanh is not None:
+                grad *= 1 - tanh * tanh  # d(c tanh(z/c))/dz
             grad *= grad_out
             if need_h:
-                grad_h[start:start + ctx.chunk] = grad @ weight
+                torch.mm(grad, weight, out=grad_h[start:stop])
             if need_w:
                 grad_w.addmm_(grad.T, h)
             if need_b:

@@ -18,6 +18,7 @@ from lorakit.train import distributed
 from lorakit.train.batches import Batches, load_samples
 from lorakit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lorakit.train.config import TrainConfig
+from lorakit.train.fuse import fuse_projections, unfuse_projections
 from lorakit.train.loop import Hooks, LoopState, train_loop
 from lorakit.train.methods import prepare_model
 from lorakit.train.objective import causal_lm_loss, evaluate
@@ -106,6 +107,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                       row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt, rank=dist.rank, world=dist.world)
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.per_epoch() / cfg.grad_accum))
     prepare_model(model, cfg)
+    if cfg.fuse:
+        fuse_projections(model)
     _print_plan(cfg, dist.rank)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -159,6 +162,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     summary = {"steps": state.step, "tokens": state.tokens, "best_eval_loss": state.best_eval,
                "threads": threads, "device": str(device), "world_size": dist.world, **data_stats}
     if dist.rank == 0:
+        unfuse_projections(model)
         save_final(model, tokenizer, cfg, out)
         plot_loss(metrics.path, out / "loss.png")
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
