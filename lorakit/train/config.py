@@ -62,6 +62,7 @@ class TrainConfig:
     device: str = _f("auto", "auto | cpu | cuda | mps")
     threads: int | None = _f(None, "CPU threads (default: physical cores)")
     fuse: bool = _f(True, "fuse frozen q/k/v and gate/up projections into single GEMMs (faster on CPU)")
+    lean_memory: bool = _f(True, "return freed tensor memory to the OS at once (glibc mmap threshold): lower peak RSS")
     progress: bool = _f(True, "live progress bar")
 
     def __post_init__(self) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from lorakit.adapters import save_adapter
 from lorakit.errors import LorakitError
+from lorakit.plan.malloc import lean_malloc
 from lorakit.train import distributed
 from lorakit.train.batches import Batches, load_samples
 from lorakit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -97,6 +98,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     if not cfg.out:
         raise LorakitError("--out is required: where the adapter, checkpoints and metrics go")
     out = Path(cfg.out)
+    if cfg.lean_memory:
+        lean_malloc()
     dist = distributed.init()
     device = resolve_device(cfg.device) if dist.device is None else dist.device
     threads = set_threads(cfg.threads) if device.type == "cpu" else None
@@ -172,16 +175,20 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
 def _print_plan(cfg: TrainConfig, rank: int) -> None:
     """Predicted peak memory before starting, with a warning when it will not fit."""
-    if rank != 0:
+    if rank != 0 or cfg.method == "head":
         return
+    from lorakit.models import DEFAULT_MODEL
+    from lorakit.plan import estimate
+
+    method = {"dora": "lora"}.get(cfg.method, cfg.method)
     try:
-        from lorakit.plan import estimate
-    except ImportError:
-        return
-    try:
-        est = estimate(cfg.model, method=cfg.method, batch_size=cfg.batch_size, seq_len=cfg.max_seq_len,
-                       rank=cfg.rank, targets=cfg.targets, grad_checkpoint=cfg.grad_checkpoint)
-    except (LorakitError, TypeError, ValueError) as exc:
-        log.debug("memory plan unavailable: %s", exc)
+        est = estimate(cfg.model or DEFAULT_MODEL, method=method, batch_size=cfg.batch_size, seq_len=cfg.max_seq_len, rank=cfg.rank,
+                       targets=cfg.targets, grad_checkpoint=cfg.grad_checkpoint, loss_chunk_tokens=cfg.loss_chunk,
+                       lora_dropout=cfg.dropout)
+    except LorakitError as exc:
+        log.info("memory plan unavailable: %s", exc)
         return
     log.info("%s", est.format())
+    if est.verdict != "fits":
+        log.warning("predicted peak %.1f GB vs %.1f GB available (%s): try --grad-checkpoint, a smaller "
+                    "--batch-size or --max-seq-len, or --method qlora", est.total / 1e9, est.available / 1e9, est.verdict)

@@ -1,0 +1,197 @@
+"""Peak memory and step time of LoRA training: lorakit fp32 LoRA, lorakit QLoRA (NF4), full, and PEFT.
+
+Each configuration runs in a fresh subprocess so its peak RSS (``ru_maxrss``) is its own.
+
+    # once: a random-init 1.5B Qwen2 checkpoint (the QLoRA run loads it through load_quantized)
+    .venv/bin/python bench/qlora_memory.py make-checkpoint
+    # one configuration (prints one JSON line)
+    .venv/bin/python bench/qlora_memory.py run --model qwen2-1.5b --method qlora --steps 3
+    # every configuration of bench/RESULTS_quant.md, one subprocess each, JSON lines appended to --out
+    .venv/bin/python bench/qlora_memory.py all --out bench/qlora_memory.jsonl [--lean-malloc]
+
+Models: ``qwen2-1.5b`` is the issue's configuration (hidden 1536, 28 layers, intermediate 8960,
+12/2 heads, vocab 151936, untied; 1.78 B parameters), random init from config for fp32 runs and
+read from the checkpoint above for QLoRA; ``smollm2-135m-instruct`` is the real model.
+The training step is a minimal AdamW loop: forward through the decoder, loss by chunked cross
+entropy (<= 1024 tokens of logits at a time, recomputed in backward), backward, step. PEFT runs
+the usual way (``model(input_ids, labels=...)``, transformers' own loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CKPT = Path(os.environ.get("LORAKIT_BENCH_CKPT", "/tmp/lorakit-bench/qwen2-1.5b-random"))
+
+
+def qwen2_15b_config(layers: int = 28):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(hidden_size=1536, num_hidden_layers=layers, intermediate_size=8960, num_attention_heads=12,
+                       num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=False,
+                       max_position_embeddings=4096)
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def chunked_ce(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Mean next-token loss; hidden (N, H), labels (N,). Logits exist for `chunk` tokens at a time."""
+    def part(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(h).float(), y, reduction="sum")
+
+    total = hidden.new_zeros(())
+    for s in range(0, hidden.shape[0], chunk):
+        total = total + checkpoint(part, hidden[s:s + chunk], labels[s:s + chunk], use_reentrant=False)
+    return total / hidden.shape[0]
+
+
+def build(model_name: str, method: str, rank: int, layers: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.adapters import LoraConfig, add_adapter
+    from lorakit.models import load_model
+    from lorakit.quant import load_quantized, quantize_model
+
+    if method == "qlora" and not layers:
+        spec = CKPT if model_name == "qwen2-1.5b" else model_name
+        model, _ = load_quantized(spec, "nf4")
+    elif model_name == "qwen2-1.5b":  # --layers N: same widths, N blocks (speed runs; qlora quantized in memory)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(qwen2_15b_config(layers or 28), dtype=torch.float32)
+        if method == "qlora":
+            quantize_model(model, "nf4")
+    else:
+        model, _ = load_model(model_name, with_tokenizer=False)
+    if method in ("lora", "qlora"):
+        add_adapter(model, LoraConfig(r=rank, alpha=2 * rank, target_modules="all-linear"))
+    elif method == "peft":
+        from peft import LoraConfig as PeftConfig, get_peft_model
+
+        model = get_peft_model(model, PeftConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear"))
+    return model
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.lean_malloc:
+        from lorakit.plan import lean_malloc
+
+        lean_malloc()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    model = build(args.model, args.method, args.rank, args.layers)
+    load_s = time.perf_counter() - t0
+    rss_loaded = psutil.Process().memory_info().rss
+    if args.grad_checkpoint:
+        inner = model.get_base_model() if args.method == "peft" else model
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(args.steps):
+        ids = torch.randint(0, vocab, (args.batch, args.seq), generator=g)
+        t = time.perf_counter()
+        if args.method == "peft":
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        else:
+            hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
+            loss = chunked_ce(model.lm_head, hidden[:, :-1].reshape(-1, hidden.shape[-1]), ids[:, 1:].reshape(-1),
+                              args.loss_chunk)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    return {
+        "model": args.model + (f"[{args.layers} layers]" if args.layers else ""), "method": args.method, "batch": args.batch, "seq": args.seq, "rank": args.rank,
+        "grad_checkpoint": args.grad_checkpoint, "lean_malloc": args.lean_malloc, "loss_chunk": args.loss_chunk, "steps": args.steps, "load_s": round(load_s, 1),
+        "step_s": [round(x, 2) for x in times], "rss_after_load_gb": round(rss_loaded / 1e9, 3),
+        "peak_rss_gb": round(peak_rss_bytes() / 1e9, 3), "trainable": sum(p.numel() for p in params),
+        "threads": torch.get_num_threads(), "loadavg_1m": round(os.getloadavg()[0], 2), "loss": round(loss.item(), 4),
+    }
+
+
+def make_checkpoint(out: Path) -> None:
+    """Random-init 1.5B Qwen2 saved as sharded safetensors (fp32, ~7.1 GB)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(qwen2_15b_config(), dtype=torch.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, max_shard_size="2GB")
+    print(f"wrote {out}")
+
+
+CONFIGS = [  # (model, method, steps); full on 1.5B needs ~30 GB: predicted only
+    ("smollm2-135m-instruct", "full", 3), ("smollm2-135m-instruct", "lora", 3), ("smollm2-135m-instruct", "qlora", 3),
+    ("qwen2-1.5b", "qlora", 3), ("qwen2-1.5b", "lora", 3), ("qwen2-1.5b", "peft", 2),
+]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    mk = sub.add_parser("make-checkpoint")
+    mk.add_argument("--out", type=Path, default=CKPT)
+    r = sub.add_parser("run")
+    for q in (r, sub.add_parser("all")):
+        q.add_argument("--batch", type=int, default=1)
+        q.add_argument("--seq", type=int, default=512)
+        q.add_argument("--rank", type=int, default=16)
+        q.add_argument("--no-grad-checkpoint", dest="grad_checkpoint", action="store_false")
+        q.add_argument("--lean-malloc", action="store_true", help="lorakit.plan.lean_malloc() first (not for peft)")
+        q.add_argument("--loss-chunk", type=int, default=1024, help="tokens of logits at a time in the loss")
+    r.add_argument("--model", default="qwen2-1.5b")
+    r.add_argument("--method", choices=["full", "lora", "qlora", "peft"], default="qlora")
+    r.add_argument("--steps", type=int, default=3)
+    r.add_argument("--layers", type=int, default=0, help="qwen2-1.5b with this many blocks (speed comparisons)")
+    r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    sub.choices["all"].add_argument("--out", type=Path, default=ROOT / "bench" / "qlora_memory.jsonl")
+    sub.choices["all"].add_argument("--only", default="", help="comma-separated model:method filter")
+    args = p.parse_args()
+    if args.cmd == "make-checkpoint":
+        make_checkpoint(args.out)
+    elif args.cmd == "run":
+        print(json.dumps(run(args)), flush=True)
+    else:
+        only = {s for s in args.only.split(",") if s}
+        for model, method, steps in CONFIGS:
+            if only and f"{model}:{method}" not in only:
+                continue
+            cmd = [sys.executable, __file__, "run", "--model", model, "--method", method, "--steps", str(steps),
+                   "--batch", str(args.batch), "--seq", str(args.seq), "--rank", str(args.rank),
+                   "--loss-chunk", str(args.loss_chunk)]
+            if not args.grad_checkpoint:
+                cmd.append("--no-grad-checkpoint")
+            if args.lean_malloc and method != "peft":
+                cmd.append("--lean-malloc")
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            line = res.stdout.strip().splitlines()[-1] if res.returncode == 0 else json.dumps(
+                {"model": model, "method": method, "error": res.stderr.strip().splitlines()[-1:]})
+            print(line, flush=True)
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
