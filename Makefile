@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test browser clean
+.PHONY: setup test browser demo clean
 
 setup: $(STAMP)
 
@@ -30,3 +30,7 @@ browser:
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The README's main job: books -> dataset -> adapter -> report -> merged model (DEMO_ARGS="--corpus DIR ...")
+demo: setup
+	$(BIN)/lorakit demo $(DEMO_ARGS)

@@ -33,6 +33,7 @@ from lorakit.adapters import LoraConfig, add_adapter, save_adapter, set_trainabl
 from lorakit.models import load_model  # noqa: E402
 from lorakit.train.batches import Batches, Sample, load_samples, padded_batch  # noqa: E402
 from lorakit.train.loss import IGNORE  # noqa: E402
+from lorakit.train.fuse import fuse_projections  # noqa: E402
 from lorakit.train.objective import causal_lm_loss  # noqa: E402
 
 LR, RANK, ALPHA = 1e-4, 16, 32
@@ -88,6 +89,7 @@ def build(system: str, adapter_dir: Path):
 
         load_adapter(model, adapter_dir, trainable=True)
         set_trainable(model, "default")
+        fuse_projections(model)  # as `lorakit train` does (--fuse, the default)
         step_loss = lambda b: causal_lm_loss(model, b)  # noqa: E731
     else:
         from peft import PeftModel
@@ -134,6 +136,10 @@ def make_adapter(tmp: Path) -> Path:
 def worker(system: str, case: str, steps: int, data: str | None, adapter_dir: Path) -> dict:
     """One system alone: peak RSS after `steps` steps."""
     torch.set_num_threads(2)
+    if system == "lorakit":
+        from lorakit.plan import lean_malloc
+
+        lean_malloc()  # as `lorakit train` does (--lean-memory, the default)
     if case == "fixed":
         batches = fixed_batches(steps, 4, 256, data)
     else:

@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lorakit import demo
     from lorakit.adapters import cli as adapters_cli
     from lorakit.data import cli as data_cli
+    from lorakit.eval import cli as eval_cli
     from lorakit.infer import cli as infer_cli
     from lorakit.plan import cli as plan_cli
     from lorakit.train import cli as train_cli
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer_cli.register(sub)
     plan_cli.register(sub)
     train_cli.register(sub)
+    eval_cli.register(sub)
     demo.register(sub)
     return parser
 

@@ -92,9 +92,24 @@ def run_demo(corpus: str | None, out: str | os.PathLike, *, minutes: float = 12.
     print(f"[5/5] merged model: {merged}")
     summary = {"corpus": str(source), "dataset": str(data), "adapter": str(adapter), "steps": steps,
                "report": str(report_dir / "report.html"), "merged": str(merged),
-               "minutes": round((time.perf_counter() - started) / 60, 1), "headline": report.get("headline", {})}
+               "minutes": round((time.perf_counter() - started) / 60, 1), "headline": headline(report)}
     (out / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def headline(report: dict) -> dict[str, str]:
+    """The numbers a user looks at first: held-out perplexity, its change, drift, style distance."""
+    ppl = report["perplexity"]
+    base, names = next(iter(ppl)), list(ppl)[1:]
+    out = {"held-out perplexity (base)": f"{ppl[base]['overall']['ppl']:.2f}"}
+    for name in names:
+        value = ppl[name]["overall"]["ppl"]
+        change = 100 * (value / ppl[base]["overall"]["ppl"] - 1)
+        out[f"held-out perplexity ({name})"] = f"{value:.2f} ({change:+.1f}%)"
+        out[f"drift on everyday prompts ({name})"] = f"{report['drift']['change_pct'][name]:+.2f}%"
+        styles = report["style"]["targets"]
+        out[f"style distance to the corpus (base -> {name})"] = f"{styles[base]['distance']:.3f} -> {styles[name]['distance']:.3f}"
+    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
