@@ -24,7 +24,6 @@ from lorakit.adapters.embedding import LoraEmbedding
 from lorakit.adapters.layers import LoraLayer, LoraLinear
 from lorakit.adapters.model import (
     AdapterInfo,
-    adapter_parameters,
     adapters,
     add_adapter,
     delete_adapter,
@@ -200,6 +199,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
     except BaseException:
         delete_adapter(model, name)
         raise
-    for p in adapter_parameters(model, name):
-        p.requires_grad_(trainable)
+    for module_name in (*info.modules, *info.saved_modules):
+        for p in model.get_submodule(module_name).adapter_parameters(name).values():
+            p.requires_grad_(trainable)
     return info

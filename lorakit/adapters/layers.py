@@ -8,7 +8,6 @@ Parameter names and shapes are PEFT's, so saving is filtering keys:
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +151,17 @@ class LoraLayer(nn.Module):
         return not self.merged
 
 
+def _uninitialised_linear(in_features: int, out_features: int, bias: bool = False, **factory) -> nn.Linear:
+    """An `nn.Linear` whose weight is left as allocated (a loader fills it at once): no init kernel and
+    no constructor work, since hot-loading an adapter while serving must take milliseconds."""
+    layer = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(layer)
+    layer.in_features, layer.out_features = in_features, out_features
+    layer.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+    layer.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+    return layer
+
+
 def linear_dims(base_layer: nn.Module) -> tuple[int, int, bool]:
     """``(in_features, out_features, fan_in_fan_out)`` of a Linear, a GPT-2 Conv1D or a quantized linear."""
     from transformers.pytorch_utils import Conv1D
@@ -204,7 +214,7 @@ class LoraLinear(LoraLayer):
         w = dense_weight(self.base_layer)
         # adapters train in fp32 even on a low-precision or quantized base
         factory = {"device": w.device, "dtype": w.dtype if w.dtype == torch.float64 else torch.float32}
-        make = nn.Linear if init_weights else partial(nn.utils.skip_init, nn.Linear)
+        make = nn.Linear if init_weights else _uninitialised_linear
         self.lora_A[name] = make(self.in_features, config.r, bias=False, **factory)
         self.lora_B[name] = make(config.r, self.out_features, bias=False, **factory)
         self._add_common(name, config)

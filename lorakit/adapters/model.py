@@ -37,14 +37,14 @@ def adapters(model: nn.Module) -> dict[str, AdapterInfo]:
 
 def adapter_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
     """``(module_name, layer)`` of every LoRA layer in `model`."""
-    for name, module in model.named_modules():
+    for name, module in walk(model):
         if isinstance(module, LoraLayer):
             yield name, module
 
 
 def saved_module_wrappers(model: nn.Module) -> Iterator[tuple[str, ModulesToSave]]:
     """``(module_name, wrapper)`` of every modules_to_save wrapper in `model`."""
-    for name, module in model.named_modules():
+    for name, module in walk(model):
         if isinstance(module, ModulesToSave):
             yield name, module
 
@@ -74,7 +74,7 @@ def plan_targets(model: nn.Module, config: LoraConfig) -> tuple[list[tuple[str, 
             f"target_modules={config.target_modules!r} matched no module of {type(model).__name__}"
             f" (linear modules look like: {', '.join(sample)}, ...)"
         )
-    saved = [(n, m) for n, m in walk(model) if n and save and name_matches(n, save)]
+    saved = [(n, m) for n, m in walk(model) if n and name_matches(n, save)] if save else []
     if save and not saved:
         raise LorakitError(f"modules_to_save={save!r} matched no module of {type(model).__name__}")
     return targets, saved
