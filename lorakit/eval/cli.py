@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="subset of: full, head, lora-r4, lora-r8, lora-r16, dora-r8 (default: all)")
     c.add_argument("--batch-size", type=int, default=4)
     c.add_argument("--max-seq-len", type=int, default=256)
-    c.add_argument("--max-eval-tokens", type=int, default=2000, help="scored test tokens per book (default 2000)")
+    c.add_argument("--max-eval-tokens", type=int, default=1000, help="scored test tokens per book (default 1000)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     c.set_defaults(func=cmd_compare)

@@ -41,7 +41,7 @@ def grouped_bars(groups: list[str], series: dict[str, list[float]], ylabel: str,
 def bars(labels: list[str], values: list[float], ylabel: str, title: str, log: bool = False) -> str:
     """A simple bar chart with value labels."""
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 1.5), 3.4))
-    b = ax.bar(range(len(labels)), values, color=plt.cm.tab10(np.arange(len(labels)) % 10))
+    b = ax.bar(range(len(labels)), values, width=0.6, color=plt.cm.tab10(np.arange(len(labels)) % 10))
     ax.bar_label(b, fmt="%.3g", fontsize=7)
     ax.set_xticks(range(len(labels)), labels, rotation=15, ha="right", fontsize=8)
     if log:
