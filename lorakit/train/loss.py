@@ -2,9 +2,10 @@
 
 The full logits of a batch (B x T x V floats: 200 MB for 4 x 256 tokens and SmolLM2's
 49,152-token vocabulary) and their gradient are never held at once. Only positions with
-a label are projected at all, so masked prompt tokens and padding cost nothing. The
-backward pass recomputes each chunk's logits instead of storing them (as in Liger
-Kernel's fused linear cross-entropy and Apple's Cut Cross-Entropy, arXiv:2411.09009).
+a label are projected at all, so masked prompt tokens and padding cost nothing. Each
+chunk's gradient is formed in the forward pass right after its logits, so logits are
+neither stored nor recomputed (the fused linear cross-entropy of Liger Kernel; see also
+Cut Cross-Entropy, arXiv:2411.09009).
 """
 
 from __future__ import annotations
@@ -19,55 +20,54 @@ IGNORE = -100
 class _ChunkedLinearCE(torch.autograd.Function):
     """sum over tokens of CE(softcap(h @ W^T + b), y); h (N, H), W (V, H), y (N,).
 
-    One (chunk, V) buffer at a time, worked on in place; only the per-token log-sum-exp
-    (N,) is kept for backward, where each chunk's logits are recomputed.
+    The loss is a scalar that ends the graph, so its gradient is known up to the scalar
+    `grad_out`: when gradients are wanted, each chunk's ``(softmax - onehot) @ W`` is formed in
+    the forward pass, right after its logits, and backward only rescales it. One (chunk, V)
+    buffer at a time, worked on in place; no logits are kept or recomputed.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, softcap):
-        lse = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+    def forward(ctx, hidden, weight, bias, targets, chunk, softcap, want_grad):
+        want_h, want_w, want_b = want_grad
+        grad_h = torch.empty_like(hidden) if want_h else None
+        grad_w = torch.zeros_like(weight) if want_w else None
+        grad_b = torch.zeros_like(bias) if want_b else None
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk):
-            logits = _logits(hidden[start:start + chunk], weight, bias, softcap)
-            picked = logits.gather(1, targets[start:start + chunk, None])[:, 0]
-            top = logits.amax(dim=-1)
-            # log-sum-exp in place: no (chunk, V) temporaries beyond the logits themselves
-            lse_chunk = logits.sub_(top[:, None]).exp_().sum(-1).log_().add_(top)
-            lse[start:start + chunk] = lse_chunk
-            total += (lse_chunk - picked).sum()
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.chunk, ctx.softcap = chunk, softcap
+            stop = min(start + chunk, hidden.shape[0])
+            h = hidden[start:stop]
+            raw = F.linear(h, weight, bias)
+            tanh = None
+            if softcap is not None:
+                tanh = torch.tanh(raw / softcap)
+                raw = tanh * softcap
+            picked = raw.gather(1, targets[start:stop, None])[:, 0]
+            top = raw.amax(dim=-1)
+            # softmax and log-sum-exp in place: no (chunk, V) temporaries beyond this buffer
+            probs = raw.sub_(top[:, None]).exp_()
+            norm = probs.sum(-1)
+            total += (norm.log() + top - picked).sum()
+            if not (want_h or want_w or want_b):
+                continue
+            grad = probs.div_(norm[:, None])  # d CE / d logits = softmax - onehot
+            grad[torch.arange(stop - start), targets[start:stop]] -= 1.0
+            if tanh is not None:
+                grad *= 1 - tanh * tanh  # d(c tanh(z/c))/dz
+            if want_h:
+                torch.mm(grad, weight, out=grad_h[start:stop])
+            if want_w:
+                grad_w.addmm_(grad.T, h)
+            if want_b:
+                grad_b += grad.sum(0)
+        ctx.grads = (grad_h, grad_w, grad_b)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_b = bias is not None and ctx.needs_input_grad[2]
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        grad_b = torch.zeros_like(bias) if need_b else None
-        for start in range(0, hidden.shape[0], ctx.chunk):
-            stop = min(start + ctx.chunk, hidden.shape[0])
-            h = hidden[start:stop]
-            raw = F.linear(h, weight, bias)
-            tanh = None
-            if ctx.softcap is not None:
-                tanh = torch.tanh(raw / ctx.softcap)
-                raw = tanh * ctx.softcap
-            # d CE / d logits = softmax - onehot; softmax = exp(logits - lse), in place
-            grad = raw.sub_(lse[start:stop, None]).exp_()
-            grad[torch.arange(stop - start), targets[start:stop]] -= 1.0
-            if tanh is not None:
-                grad *= 1 - tanh * tanh  # d(c tanh(z/c))/dz
-            grad *= grad_out
-            if need_h:
-                torch.mm(grad, weight, out=grad_h[start:stop])
-            if need_w:
-                grad_w.addmm_(grad.T, h)
-            if need_b:
-                grad_b += grad.sum(0)
-        return grad_h, grad_w, grad_b, None, None, None
+        grad_h, grad_w, grad_b = ctx.grads
+        ctx.grads = None
+        scaled = [None if g is None else g.mul_(grad_out) for g in (grad_h, grad_w, grad_b)]
+        return (*scaled, None, None, None, None)
 
 
 def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None) -> torch.Tensor:
@@ -88,7 +88,10 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, labels: torch.T
         return hidden.sum() * 0.0, 0
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
     targets = flat_labels.index_select(0, keep)
-    total = _ChunkedLinearCE.apply(h, head.weight, head.bias, targets, chunk, softcap)
+    grad_on = torch.is_grad_enabled()
+    want = (grad_on and h.requires_grad, grad_on and head.weight.requires_grad,
+            grad_on and head.bias is not None and head.bias.requires_grad)
+    total = _ChunkedLinearCE.apply(h, head.weight, head.bias, targets, chunk, softcap, want)
     return total, int(keep.numel())
 
 
