@@ -6,6 +6,7 @@ import argparse
 from collections import Counter
 
 from lorakit.adapters.config import LoraConfig
+from lorakit.adapters.targets import parse_targets
 
 
 def add_lora_args(p: argparse.ArgumentParser) -> None:
@@ -24,13 +25,8 @@ def add_lora_args(p: argparse.ArgumentParser) -> None:
 
 def lora_config_from_args(args: argparse.Namespace) -> LoraConfig:
     """Build a `LoraConfig` from the flags of `add_lora_args`."""
-    targets = args.targets
-    if targets not in ("all-linear", "attention", "mlp") and "," in targets:
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
-    elif targets not in ("all-linear", "attention", "mlp") and not any(c in targets for c in "*.()[]|\\^$?+"):
-        targets = [targets]
     return LoraConfig(r=args.rank, alpha=args.alpha if args.alpha is not None else 2 * args.rank,
-                      dropout=args.dropout, target_modules=targets, use_rslora=args.rslora, use_dora=args.dora,
+                      dropout=args.dropout, target_modules=parse_targets(args.targets), use_rslora=args.rslora, use_dora=args.dora,
                       init=args.init, layers_to_transform=args.layers, modules_to_save=args.modules_to_save)
 
 

@@ -47,6 +47,15 @@ PRESETS: dict[str, dict[str, list[str] | str]] = {
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
 
 
+def parse_targets(text: str) -> list[str] | str:
+    """A `--targets` value: a preset name, a full-match regex (has `*()[]|\\^$?+`), or
+    comma-separated module-name suffixes (``q_proj,v_proj``, ``attn.c_proj``)."""
+    text = text.strip()
+    if text in ("all-linear", "attention", "mlp") or any(c in text for c in "*()[]|\\^$?+"):
+        return text
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def linear_types() -> tuple[type, ...]:
     """Module types lorakit can wrap as linear maps (nn.Linear, GPT-2's Conv1D, lorakit's quantized linears)."""
     from transformers.pytorch_utils import Conv1D

@@ -7,11 +7,9 @@ import argparse
 
 def _targets(value: str) -> list[str] | str:
     """--targets parsed exactly as `lorakit train` / `inspect` parse it (presets, names, a regex)."""
-    from lorakit.adapters.cli import lora_config_from_args
+    from lorakit.adapters.targets import parse_targets
 
-    ns = argparse.Namespace(rank=1, alpha=None, dropout=0.0, targets=value, rslora=False, dora=False,
-                            init="kaiming", layers=None, modules_to_save=None)
-    return lora_config_from_args(ns).target_modules
+    return parse_targets(value)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -9,16 +9,14 @@ import torch
 from torch import nn
 
 from lorakit.adapters import LoraConfig, add_adapter, set_trainable
+from lorakit.adapters.targets import parse_targets
 from lorakit.errors import LorakitError
 from lorakit.train.config import TrainConfig
 
 
 def lora_config(cfg: TrainConfig) -> LoraConfig:
     """The adapter a run trains, from its settings."""
-    targets: str | list[str] = cfg.targets
-    if targets not in ("all-linear", "attention", "mlp") and not any(c in targets for c in "*()[]|\\^$?+"):
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
-    return LoraConfig(r=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, target_modules=targets,
+    return LoraConfig(r=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, target_modules=parse_targets(cfg.targets),
                       use_rslora=cfg.rslora, use_dora=cfg.method == "dora")
 
 

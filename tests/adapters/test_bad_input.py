@@ -156,3 +156,12 @@ def test_duplicate_adapter_name_is_refused(saved_adapter):
 def test_missing_directory_is_named(tmp_path):
     with pytest.raises(AdapterLoadError, match="nope: adapter directory not found"):
         load_adapter(tiny_model("llama"), tmp_path / "nope")
+
+
+def test_targets_flag_parsing_is_shared():
+    from lorakit.adapters.targets import parse_targets
+
+    assert parse_targets("all-linear") == "all-linear"
+    assert parse_targets("q_proj, v_proj") == ["q_proj", "v_proj"]
+    assert parse_targets("attn.c_proj") == ["attn.c_proj"]  # a dotted suffix, not a regex
+    assert parse_targets(r".*\.(q|v)_proj") == r".*\.(q|v)_proj"
