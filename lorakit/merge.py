@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from lorakit.atomic import atomic_dir
 from lorakit.adapters import load_adapter, merge_and_unload, read_adapter_config
 from lorakit.errors import LorakitError
 
@@ -54,25 +53,12 @@ def check_out_dir(out: Path, adapter_dir: Path, force: bool) -> None:
 
 def save_model_dir(model, tokenizer, out: Path, extra: dict | None = None) -> Path:
     """save_pretrained into a temp dir next to `out`, then swap it in (replacing any old `out`)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if extra is not None:
             (tmp / "lorakit_merge.json").write_text(json.dumps(extra, indent=1) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a model directory is for sharing
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            os.replace(old, out)  # put the previous model back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
     return out
 
 

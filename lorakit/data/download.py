@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterable
 
+from lorakit.atomic import atomic_write
 from lorakit.errors import LorakitError
 
 DEFAULT_MIRROR = "https://www.gutenberg.org"
@@ -53,15 +53,7 @@ def candidate_paths(ebook_id: int) -> list[str]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
 
 
 def _get(url: str, *, retries: int, backoff: float, timeout: float) -> bytes | None:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from lorakit.atomic import atomic_write
 from lorakit.eval import plots
 from lorakit.train.progress import read_metrics
 
@@ -25,24 +24,7 @@ font-size:.9em}.sbs h4{margin:0 0 .3em 0}img{max-width:100%}.good{color:#176b2c}
 
 def write_atomic(path: str | Path, text: str) -> Path:
     """Write `text` to `path` via a temp file + rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return atomic_write(path, text)
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -9,13 +9,12 @@ result is an ordinary transformers model any tool can load.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from lorakit.atomic import atomic_dir
 from lorakit.adapters.model import merge_and_unload
 from lorakit.quant.model import dequantize_model
 
@@ -37,16 +36,8 @@ def save_merged(model: nn.Module, out_dir: str | os.PathLike, dtype: torch.dtype
     merge_to_dense(model, dtype)
     if getattr(model, "config", None) is not None:
         model.config.dtype = dtype
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

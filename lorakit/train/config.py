@@ -6,14 +6,13 @@ next to every output (``train_config.yaml``).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lorakit.atomic import atomic_write
 from lorakit.errors import LorakitError
 
 METHODS = ("lora", "dora", "full", "head", "qlora")
@@ -102,13 +101,7 @@ class TrainConfig:
 
     def write(self, out_dir: str | Path, name: str = "train_config.yaml") -> Path:
         """Write the resolved config atomically next to the outputs."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
-        with os.fdopen(fd, "w") as fh:
-            yaml.safe_dump(self.to_dict(), fh, sort_keys=False)
-        os.replace(tmp, out / name)
-        return out / name
+        return atomic_write(Path(out_dir) / name, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def cli_fields(cls):
