@@ -8,10 +8,8 @@ a crash at any moment leaves the previous checkpoint complete and pointed to.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lorakit.atomic import atomic_write
+from lorakit.atomic import atomic_dir, atomic_write
 from lorakit.errors import LorakitError
 
 # settings that must match to continue a run (max_steps, eval and save cadence may change)
@@ -45,8 +43,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, optimizer: tor
     """Write ``ckpt_root/step-NNNNNN`` and point ``ckpt_root/latest`` at it."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=ckpt_root))
-    try:
+    with atomic_dir(final) as tmp:
         trainable = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(trainable, tmp / "trainable.safetensors")
         opt_tensors, opt_meta = _optimizer_tensors(optimizer)
@@ -56,12 +53,6 @@ def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, optimizer: tor
             **trainer_state, "step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
             "python_rng": _jsonable(random.getstate()),
         })
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _write_json(ckpt_root / "latest.json", {"checkpoint": final.name})
     for old in sorted(ckpt_root.glob("step-*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
