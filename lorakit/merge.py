@@ -3,8 +3,17 @@
 The result loads with ``AutoModelForCausalLM.from_pretrained`` alone (no lorakit, no PEFT)
 and runs at the base model's speed. The merge is computed in fp32 (the adapter's update is
 small next to the weights: merging in bf16 would round much of it away) and the weights are
-cast to the requested dtype only when saved. Adapters trained with QLoRA merge onto the
-fp32 base the same way. The directory appears atomically: a crash leaves no half-written model.
+cast to the requested dtype only when saved. The directory appears atomically: a crash leaves
+no half-written model.
+
+An adapter trained with QLoRA learned its update against the *quantized* base, not the fp32
+one. With ``quantize="nf4"`` (or "int8") the base is loaded quantized as in training, and the
+merged weight is ``dequantize(W_q) + s * B A`` in fp32 (`lorakit.quant.merge_to_dense`), cast
+once to `dtype`; linears without an adapter are dequantized too, and nothing is re-quantized
+(rounding the sum back to 4 bits would lose most of the delta). The result is a plain dense
+model whose outputs equal the QLoRA model's (PEFT issues #2321, #2501). Without `quantize` the
+adapter is added to the fp32 weights, which differ from what a QLoRA adapter was trained on by
+the quantization error.
 """
 
 from __future__ import annotations
@@ -63,25 +72,32 @@ def save_model_dir(model, tokenizer, out: Path, extra: dict | None = None) -> Pa
 
 
 def merge_to_dir(model_spec: str | os.PathLike | None, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                 dtype: str | torch.dtype = "float32", *, force: bool = False) -> Path:
+                 dtype: str | torch.dtype = "float32", *, force: bool = False, quantize: str | None = None) -> Path:
     """Merge the adapter in `adapter_dir` into `model_spec` and write a model directory at `out_dir`.
 
-    `model_spec` None means the base recorded in the adapter (else the default model).
+    `model_spec` None means the base recorded in the adapter (else the default model). `quantize`
+    ('nf4' | 'int8'; None or 'none': fp32) is how the base was quantized when the adapter was trained:
+    the merge then adds the delta to the dequantized weights (see the module docstring).
     Refuses an adapter made for another base before any work; returns the output path.
     """
-    from lorakit.models import load_model
+    from lorakit.quant.load import load_base_model, parse_quantize
+    from lorakit.quant.merge import merge_to_dense
 
     target_dtype = parse_dtype(dtype)
+    method = parse_quantize(quantize)
     adapter_dir, out = Path(adapter_dir), Path(out_dir)
     config = read_adapter_config(adapter_dir)  # a one-line error naming the file, before loading a model
     check_out_dir(out, adapter_dir, force)
     spec = model_spec or recorded_base(adapter_dir)
-    model, tokenizer = load_model(spec, dtype=torch.float32)
+    model, tokenizer = load_base_model(spec, method)
     load_adapter(model, adapter_dir, "default")
-    model = merge_and_unload(model)
-    model = model.to(target_dtype)
+    if method is None:
+        model = merge_and_unload(model).to(target_dtype)
+    else:  # dequantize(W_q) + delta in fp32, unadapted linears dequantized too, then one cast
+        model = merge_to_dense(model, target_dtype)
     model.config.dtype = target_dtype
-    info = {"base": str(spec or "smollm2-135m-instruct"), "adapter": str(adapter_dir.resolve()),
+    info = {"base": str(spec or "smollm2-135m-instruct"), "base_quantization": method or "none",
+            "adapter": str(adapter_dir.resolve()),
             "dtype": str(target_dtype).removeprefix("torch."), "rank": config.r, "dora": config.use_dora,
             "rslora": config.use_rslora, "tie_word_embeddings": bool(getattr(model.config, "tie_word_embeddings", False))}
     return save_model_dir(model, tokenizer, out, info)

@@ -69,6 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--out", required=True, metavar="DIR", help="output model directory (written atomically)")
     m.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     m.add_argument("--force", action="store_true", help="replace --out if it exists")
+    m.add_argument("--quantize", default="none", metavar="{none,nf4,int8}",
+                   help="how the base was quantized when the adapter was trained (QLoRA: nf4): the base is loaded "
+                        "that way and the merge is dequantize(W) + s*B*A in fp32, never re-quantized, then cast to "
+                        "--dtype, so the merged model equals the QLoRA model; none (default): merge into the fp32 weights")
     m.set_defaults(func=cmd_merge)
 
 
@@ -136,6 +140,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """Handler of `lorakit merge`."""
     from lorakit.merge import merge_to_dir
 
-    out = merge_to_dir(args.model, args.adapter, args.out, args.dtype, force=args.force)
+    out = merge_to_dir(args.model, args.adapter, args.out, args.dtype, force=args.force, quantize=args.quantize)
     print(f"merged model written to {out} ({args.dtype}); load it with AutoModelForCausalLM.from_pretrained")
     return 0

@@ -16,6 +16,13 @@ def _context_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-context", type=int, default=2048, help="tokens of prompt + answer per request (KV cache size)")
 
 
+def _quantize_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", default="none", metavar="{none,nf4,int8}",
+                   help="load the base with its linear layers quantized (nf4: 4-bit NormalFloat, int8: per-row int8), "
+                        "layer by layer without ever holding the fp32 model; adapters attach on top and compute "
+                        "runs in fp32 (less memory, slower: weights are dequantized on the fly). Default none")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `serve` and `generate` to the top-level parser."""
     s = sub.add_parser("serve", help="OpenAI-compatible server: one base model, many hot-swappable adapters")
@@ -30,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
     s.add_argument("--max-queue", type=int, default=256, help="requests waiting before new ones get 503")
     _context_arg(s)
+    _quantize_arg(s)
     s.set_defaults(func=serve)
 
     g = sub.add_parser("generate", help="stream a model's answer (or several adapters' answers) to one prompt")
@@ -48,18 +56,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", default=[], help="stop string (repeat)")
     _context_arg(g)
+    _quantize_arg(g)
     g.set_defaults(func=generate)
 
 
-def _load(model_spec, adapter_specs):
-    import torch
-
+def _load(model_spec, adapter_specs, quantize: str | None = None):
+    """Base model (quantized if asked, see `load_base_model`) with the named adapters loaded."""
     from lorakit.adapters import load_adapter
     from lorakit.infer.generate import parse_adapter_specs
-    from lorakit.models import load_model
+    from lorakit.quant.load import load_base_model, parse_quantize
 
+    parse_quantize(quantize)  # refuse a bad value before parsing anything else
     named = parse_adapter_specs(adapter_specs)
-    model, tok = load_model(model_spec, dtype=torch.float32)
+    model, tok = load_base_model(model_spec, quantize)
     for name, path in named:
         load_adapter(model, path, name)
     return model, tok, [n for n, _ in named], base_model_name(model_spec)
@@ -86,7 +95,7 @@ def generate(args: argparse.Namespace) -> int:
                             seed=args.seed, stop=args.stop)
     if args.chat and (len(args.adapter) > 1 or args.base):
         raise LorakitError("--chat talks to one model: give at most one --adapter and no --base")
-    model, tok, names, _ = _load(args.model, args.adapter)
+    model, tok, names, _ = _load(args.model, args.adapter, args.quantize)
     targets: list[str | None] = ([None] if args.base or not names else []) + names
     engine = Engine(model, tok, max_batch=len(targets), max_context=args.max_context)
     try:
@@ -116,7 +125,7 @@ def serve(args: argparse.Namespace) -> int:
     for spec in args.adapter:
         if "=" not in spec:
             raise LorakitError(f"--adapter {spec!r}: use NAME=PATH")
-    model, tok, names, base_name = _load(args.model, args.adapter)
+    model, tok, names, base_name = _load(args.model, args.adapter, args.quantize)
     engine = Engine(model, tok, max_batch=args.max_batch, max_context=args.max_context, max_queue=args.max_queue)
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
@@ -125,8 +134,9 @@ def serve(args: argparse.Namespace) -> int:
     if not loopback and not args.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this port can use the model", args.host)
     app = create_app(engine, base_name, api_key=args.api_key, adapter_root=args.adapter_root)
-    log.info("serving %s with adapters [%s] on http://%s:%d (playground at /)", base_name, ", ".join(names),
-             args.host, args.port)
+    quantized = "" if args.quantize in (None, "none") else f" ({args.quantize} base)"
+    log.info("serving %s%s with adapters [%s] on http://%s:%d (playground at /)", base_name, quantized,
+             ", ".join(names), args.host, args.port)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:

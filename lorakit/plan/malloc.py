@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
+import torch
+
 M_MMAP_THRESHOLD = -3  # glibc malloc.h
 LEAN_THRESHOLD = 1 << 20
 
@@ -26,3 +28,57 @@ def lean_malloc(threshold: int = LEAN_THRESHOLD) -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
     except (OSError, AttributeError):
         return False
+
+
+_MALLOC_TRIM: list = []
+
+
+def release_free_heap() -> None:
+    """Give the pages of freed heap memory back to the OS (glibc's ``malloc_trim``; elsewhere nothing).
+
+    Blocks under the mmap threshold come from the heap; long-lived small tensors (LoRA factors,
+    their AdamW state) interleaved with per-step ones fragment it, and its freed holes keep counting
+    in RSS. Quantizing a layer (lorakit.quant.load): trimming after each layer lowers the load's
+    peak RSS from 534 to 466 MiB (nf4), 624 to 508 MiB (int8). Training SmolLM2-135M: the heap grew
+    160 -> 446 MB over three steps untrimmed and stays at ~200 MB trimmed after each step.
+    """
+    if not _MALLOC_TRIM:
+        try:
+            _MALLOC_TRIM.append(ctypes.CDLL(None).malloc_trim)
+        except (AttributeError, OSError):
+            _MALLOC_TRIM.append(None)
+    if _MALLOC_TRIM[0] is not None:
+        _MALLOC_TRIM[0](0)
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process's file-backed mappings (Linux); empty elsewhere."""
+    ranges = []
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) >= 6 and fields[5].startswith("/") and fields[4] != "0":  # inode 0: anonymous
+                    lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                    ranges.append((lo, hi))
+    except OSError:
+        pass
+    return ranges
+
+
+def own_weights(model: torch.nn.Module) -> int:
+    """Copy parameters and buffers still backed by the weights file into private memory; returns how many.
+
+    transformers maps the safetensors file and its tensors point into it. Pages read once (the
+    q/k/v and gate/up weights that `fuse_projections` copies into fused GEMMs) then stay resident
+    as long as any tensor keeps the mapping alive: 278 MB of dead pages for SmolLM2-135M. Once no
+    tensor points into the file, the mapping goes and RSS counts each weight once.
+    """
+    ranges = _file_mappings()
+    copied = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        ptr = tensor.untyped_storage().data_ptr()
+        if any(lo <= ptr < hi for lo, hi in ranges):
+            tensor.data = tensor.data.clone()  # same Parameter object: tied weights stay tied
+            copied += 1
+    return copied

@@ -21,7 +21,10 @@ from torch import nn
 
 from lorakit.errors import LorakitError
 from lorakit.models import _quiet_transformers, load_tokenizer, resolve_model
-from lorakit.quant.model import quant_class, quantizable_linears, replace_module
+from lorakit.plan.malloc import release_free_heap
+from lorakit.quant.model import METHODS, quant_class, quantizable_linears, replace_module
+
+QUANTIZE_CHOICES = ("none", *METHODS)  # values of --quantize on generate, serve and merge
 
 
 @contextmanager
@@ -76,6 +79,8 @@ def _assign(model: nn.Module, key: str, tensor: torch.Tensor, dtype: torch.dtype
     module._parameters[attr] = nn.Parameter(tensor.to(dtype), requires_grad=False)
 
 
+
+
 def build_on_meta(config) -> nn.Module:
     """An `AutoModelForCausalLM` of `config` whose parameters are all on the meta device."""
     from transformers import AutoModelForCausalLM
@@ -89,13 +94,14 @@ def build_on_meta(config) -> nn.Module:
 
 
 def load_quantized(spec: str | os.PathLike | None = None, method: str = "nf4", *, skip: list[str] | None = None,
-                   dtype: torch.dtype = torch.float32, with_tokenizer: bool = False):
+                   dtype: torch.dtype = torch.float32, with_tokenizer: bool = False,
+                   device: str | torch.device = "cpu"):
     """Load model `spec` (alias, .gguf or HF directory) with `method`-quantized linears.
 
     Returns ``(model, tokenizer or None)``; non-linear weights are kept in `dtype` (fp32 for CPU
-    compute). The output head stays dense.
+    compute). The output head stays dense. The model is built on the CPU, then moved to `device`.
     """
-    from transformers import AutoConfig
+    from transformers import AutoConfig, GenerationConfig
 
     _quiet_transformers()
     cls = quant_class(method)
@@ -109,6 +115,7 @@ def load_quantized(spec: str | os.PathLike | None = None, method: str = "nf4", *
         bias = read_tensor(files, f"{name}.bias") if module.bias is not None else None
         replace_module(model, name, cls.from_weight(weight, bias))
         del weight, bias
+        release_free_heap()
     for key, param in list(model.named_parameters()):
         if param.device.type == "meta" and key in files:
             _assign(model, key, read_tensor(files, key), dtype)
@@ -117,5 +124,36 @@ def load_quantized(spec: str | os.PathLike | None = None, method: str = "nf4", *
     if missing:
         raise LorakitError(f"{path}: no tensor for parameter '{missing[0]}' (and {len(missing) - 1} more) in its "
                            "safetensors files; is the checkpoint for this config.json?")
+    if (path / "generation_config.json").is_file():  # from_pretrained reads it too (EOS ids, defaults)
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    if torch.device(device).type != "cpu":
+        model.to(device)
     model.eval()
     return model, (load_tokenizer(path) if with_tokenizer else None)
+
+
+def parse_quantize(value: str | None) -> str | None:
+    """``--quantize`` value -> quantization method, or None for a dense fp32 base ('none' or not given)."""
+    if value is None or value == "none":
+        return None
+    if value not in METHODS:
+        raise LorakitError(f"--quantize {value!r}: use one of {', '.join(QUANTIZE_CHOICES)}")
+    return value
+
+
+def load_base_model(spec: str | os.PathLike | None = None, quantize: str | None = None, *,
+                    with_tokenizer: bool = True, device: str | torch.device = "cpu"):
+    """The base model of `lorakit generate`, `serve` and `merge`: ``(model, tokenizer or None)``.
+
+    `quantize` None or 'none': the dense fp32 model (`lorakit.models.load_model`). 'nf4' or 'int8':
+    the model is built on the meta device and each linear is quantized as it is read from the
+    safetensors files (`load_quantized`), so the full fp32 model never exists in memory; embeddings,
+    norms and the output head stay fp32, and every forward computes in fp32. Adapters attach to
+    either with `load_adapter` (LoRA layers wrap the quantized linears).
+    """
+    method = parse_quantize(quantize)  # a bad value fails before any loading
+    if method is None:
+        from lorakit.models import load_model
+
+        return load_model(spec, dtype=torch.float32, device=device, with_tokenizer=with_tokenizer)
+    return load_quantized(spec, method, with_tokenizer=with_tokenizer, device=device)
