@@ -31,9 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lorakit.adapters import LoraConfig, add_adapter, save_adapter, set_trainable  # noqa: E402
 from lorakit.models import load_model  # noqa: E402
+from lorakit.plan.malloc import lean_malloc, own_weights, release_free_heap  # noqa: E402
 from lorakit.train.batches import Batches, Sample, load_samples, padded_batch  # noqa: E402
 from lorakit.train.loss import IGNORE  # noqa: E402
 from lorakit.train.fuse import fuse_projections  # noqa: E402
+from lorakit.train.lean import lean_layers  # noqa: E402
 from lorakit.train.objective import causal_lm_loss  # noqa: E402
 
 LR, RANK, ALPHA = 1e-4, 16, 32
@@ -89,7 +91,9 @@ def build(system: str, adapter_dir: Path):
 
         load_adapter(model, adapter_dir, trainable=True)
         set_trainable(model, "default")
+        lean_layers(model)  # as `lorakit train` does (--lean-memory, the default)
         fuse_projections(model)  # as `lorakit train` does (--fuse, the default)
+        own_weights(model)  # --lean-memory
         step_loss = lambda b: causal_lm_loss(model, b)  # noqa: E731
     else:
         from peft import PeftModel
@@ -111,6 +115,8 @@ def build(system: str, adapter_dir: Path):
         (loss / n).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if system == "lorakit":
+            release_free_heap()  # --lean-memory: the trainer's per-step hook
         return float(loss.detach()) / n, n
 
     return model, step
@@ -137,8 +143,6 @@ def worker(system: str, case: str, steps: int, data: str | None, adapter_dir: Pa
     """One system alone: peak RSS after `steps` steps."""
     torch.set_num_threads(2)
     if system == "lorakit":
-        from lorakit.plan import lean_malloc
-
         lean_malloc()  # as `lorakit train` does (--lean-memory, the default)
     if case == "fixed":
         batches = fixed_batches(steps, 4, 256, data)

@@ -61,7 +61,8 @@ class TrainConfig:
     device: str = _f("auto", "auto | cpu | cuda | mps")
     threads: int | None = _f(None, "CPU threads (default: physical cores)")
     fuse: bool = _f(True, "fuse frozen q/k/v and gate/up projections into single GEMMs (faster on CPU)")
-    lean_memory: bool = _f(True, "return freed tensor memory to the OS at once (glibc mmap threshold): lower peak RSS")
+    lean_memory: bool = _f(True, "lower peak RSS: recompute norm and SwiGLU outputs in backward instead of "
+                                   "storing them, keep weights in private memory, return freed memory to the OS")
     progress: bool = _f(True, "live progress bar")
 
     def __post_init__(self) -> None:

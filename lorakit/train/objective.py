@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.train.loss import IGNORE, chunked_cross_entropy
+from lorakit.train.recompute import recomputing
 
 # architectures whose causal-LM head is exactly `lm_head(final_hidden)` (+ optional final softcap)
 PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2", "smollm3"}
@@ -27,7 +28,13 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int 
     """``(sum of token losses, number of labelled tokens)`` for one batch.
 
     batch: ``input_ids`` (B, T), ``labels`` (B, T) already shifted, optional ``position_ids``.
+    Activations registered for recomputation (`lorakit.train.lean`) are not stored.
     """
+    with recomputing():
+        return _causal_lm_loss(model, batch, chunk)
+
+
+def _causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int) -> tuple[torch.Tensor, int]:
     labels = batch["labels"]
     inputs = {"input_ids": batch["input_ids"]}
     if "position_ids" in batch:

@@ -14,12 +14,13 @@ from torch import nn
 
 from lorakit.adapters import save_adapter
 from lorakit.errors import LorakitError
-from lorakit.plan.malloc import lean_malloc
+from lorakit.plan.malloc import lean_malloc, own_weights, release_free_heap
 from lorakit.train import distributed
 from lorakit.train.batches import Batches, load_samples
 from lorakit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lorakit.train.config import TrainConfig
 from lorakit.train.fuse import fuse_projections, unfuse_projections
+from lorakit.train.lean import lean_layers, restore_layers
 from lorakit.train.loop import Hooks, LoopState, train_loop
 from lorakit.train.methods import prepare_model
 from lorakit.train.objective import causal_lm_loss, evaluate
@@ -76,11 +77,9 @@ def load_base(cfg: TrainConfig, device: torch.device):
     from lorakit.models import load_model
 
     if cfg.method == "qlora":
-        try:
-            from lorakit.quant import load_quantized
-        except ImportError:
-            raise LorakitError("--method qlora is not available in this build; use --method lora") from None
-        return load_quantized(cfg.model, method="nf4", device=device)
+        from lorakit.quant import load_base_model
+
+        return load_base_model(cfg.model, "nf4", device=device)
     return load_model(cfg.model, device=device)
 
 
@@ -110,8 +109,12 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                       row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt, rank=dist.rank, world=dist.world)
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.per_epoch() / cfg.grad_accum))
     prepare_model(model, cfg)
+    if cfg.lean_memory and not cfg.grad_checkpoint:
+        lean_layers(model)
     if cfg.fuse:
         fuse_projections(model)
+    if cfg.lean_memory:
+        own_weights(model)
     _print_plan(cfg, dist.rank)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -152,6 +155,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
     hooks = Hooks(evaluate=do_evaluate if valid else None, save=do_save, save_best=do_save_best,
                   all_reduce=dist.all_reduce)
+    if cfg.lean_memory:
+        hooks.on_step.append(lambda step, metrics: release_free_heap())
     if dist.rank == 0:
         cfg.write(out)
         hooks.on_step += [ProgressBar(max_steps, enabled=cfg.progress).on_step, metrics.on_step]
@@ -166,6 +171,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                "threads": threads, "device": str(device), "world_size": dist.world, **data_stats}
     if dist.rank == 0:
         unfuse_projections(model)
+        restore_layers(model)
         save_final(model, tokenizer, cfg, out)
         plot_loss(metrics.path, out / "loss.png")
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -151,6 +151,20 @@ def test_baseline_methods_train_and_save(tiny_model_dir, dataset, tmp_path, meth
         assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
 
 
+def test_qlora_trains_and_its_adapter_loads_on_the_fp32_base(tiny_model_dir, dataset, tmp_path):
+    from lorakit.adapters import load_adapter
+    from lorakit.models import load_model
+
+    out = tmp_path / "qlora"
+    summary = run_training(_cfg(tiny_model_dir, dataset, out, method="qlora", max_steps=3))
+    assert summary["steps"] == 3
+    saved = load_file(out / "adapter_model.safetensors")
+    assert saved and any(t.abs().sum() > 0 for name, t in saved.items() if name.endswith("lora_B.weight"))
+    model, _ = load_model(tiny_model_dir, with_tokenizer=False)
+    load_adapter(model, out)
+    assert torch.isfinite(model(torch.tensor([[5, 6, 7]])).logits).all()
+
+
 def test_bad_dataset_inputs(tiny_model_dir, tmp_path):
     with pytest.raises(LorakitError, match="dataset directory not found"):
         run_training(_cfg(tiny_model_dir, tmp_path / "nope", tmp_path / "o1"))
