@@ -12,8 +12,10 @@ Each configuration runs in a fresh subprocess so its peak RSS (``ru_maxrss``) is
 Models: ``qwen2-1.5b`` is the issue's configuration (hidden 1536, 28 layers, intermediate 8960,
 12/2 heads, vocab 151936, untied; 1.78 B parameters), random init from config for fp32 runs and
 read from the checkpoint above for QLoRA; ``smollm2-135m-instruct`` is the real model.
-The training step is a minimal AdamW loop: forward through the decoder, loss by chunked cross
-entropy (<= 1024 tokens of logits at a time, recomputed in backward), backward, step. PEFT runs
+The training step is a minimal AdamW loop made of the trainer's parts (`lorakit train`): the
+trainer's chunked cross entropy (<= 1024 tokens of logits at a time, gradient formed in the
+forward), and with --lean-malloc what --lean-memory does (lean layers when not checkpointing,
+fused frozen projections, weights out of the file mapping, heap trimmed after each step). PEFT runs
 the usual way (``model(input_ids, labels=...)``, transformers' own loss).
 """
 
@@ -30,8 +32,6 @@ from pathlib import Path
 
 import psutil
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,17 +49,6 @@ def qwen2_15b_config(layers: int = 28):
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def chunked_ce(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Mean next-token loss; hidden (N, H), labels (N,). Logits exist for `chunk` tokens at a time."""
-    def part(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(head(h).float(), y, reduction="sum")
-
-    total = hidden.new_zeros(())
-    for s in range(0, hidden.shape[0], chunk):
-        total = total + checkpoint(part, hidden[s:s + chunk], labels[s:s + chunk], use_reentrant=False)
-    return total / hidden.shape[0]
 
 
 def build(model_name: str, method: str, rank: int, layers: int = 0):
@@ -89,9 +78,13 @@ def build(model_name: str, method: str, rank: int, layers: int = 0):
 
 
 def run(args: argparse.Namespace) -> dict:
-    if args.lean_malloc:
-        from lorakit.plan import lean_malloc
+    from lorakit.plan.malloc import lean_malloc, own_weights, release_free_heap
+    from lorakit.train.fuse import fuse_projections
+    from lorakit.train.lean import lean_layers
+    from lorakit.train.loss import shift_labels
+    from lorakit.train.objective import causal_lm_loss
 
+    if args.lean_malloc:
         lean_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,6 +95,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.grad_checkpoint:
         inner = model.get_base_model() if args.method == "peft" else model
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.method != "peft" and args.lean_malloc:  # what `lorakit train` does with --lean-memory (default)
+        if not args.grad_checkpoint:
+            lean_layers(model)
+        fuse_projections(model)  # --fuse (default): fp32 frozen q/k/v and gate/up; quantized bases are left
+        own_weights(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -113,13 +111,14 @@ def run(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         if args.method == "peft":
             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        else:
-            hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
-            loss = chunked_ce(model.lm_head, hidden[:, :-1].reshape(-1, hidden.shape[-1]), ids[:, 1:].reshape(-1),
-                              args.loss_chunk)
+        else:  # the trainer's loss: chunked CE, gradient formed in the forward
+            total, n = causal_lm_loss(model, {"input_ids": ids, "labels": shift_labels(ids)}, args.loss_chunk)
+            loss = total / n
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if args.method != "peft" and args.lean_malloc:
+            release_free_heap()
         times.append(time.perf_counter() - t)
     return {
         "model": args.model + (f"[{args.layers} layers]" if args.layers else ""), "method": args.method, "batch": args.batch, "seq": args.seq, "rank": args.rank,
@@ -158,7 +157,9 @@ def main() -> int:
         q.add_argument("--seq", type=int, default=512)
         q.add_argument("--rank", type=int, default=16)
         q.add_argument("--no-grad-checkpoint", dest="grad_checkpoint", action="store_false")
-        q.add_argument("--lean-malloc", action="store_true", help="lorakit.plan.lean_malloc() first (not for peft)")
+        q.add_argument("--lean-malloc", action="store_true",
+                       help="as `lorakit train --lean-memory` (its default): lean_malloc, lean layers without "
+                            "checkpointing, fused projections, weights out of the file mapping, heap trim (not for peft)")
         q.add_argument("--loss-chunk", type=int, default=1024, help="tokens of logits at a time in the loss")
     r.add_argument("--model", default="qwen2-1.5b")
     r.add_argument("--method", choices=["full", "lora", "qlora", "peft"], default="qlora")

@@ -13,13 +13,17 @@ on Llama/Qwen2 layers, sdpa attention, and exact for every size tried):
 * each LoRA adapter's ``A x`` (r), and with LoRA dropout a dropped copy of its input (+ mask);
 * full fine-tuning: the two normalised inputs the trained norm weights multiply (2 H).
 
+Lean layers (`lorakit.train.lean`, the trainer's default without checkpointing, Llama-style
+families): SiLU(gate) (I) and the recomputable linear inputs (norm outputs, the SwiGLU product)
+are not kept, except the first layer's input norm output, which reads the frozen embedding.
+
 With gradient checkpointing only each layer's input (H) is kept, and one layer's set is rebuilt
 at a time during backward. While a layer runs backward, its incoming gradient, the residual
 gradient and the gate/up gradients are alive too (2 H + 2 I).
 
-The loss is assumed to be a chunked cross entropy (lorakit's trainer): logits exist for at most
-`loss_chunk_tokens` tokens at a time and are recomputed in backward, where the chunk's logits,
-log-softmax and their gradient coexist (3 x chunk x vocab).
+The loss is lorakit's chunked cross entropy (`lorakit.train.loss`): one (chunk x vocab) buffer
+holds a chunk's logits, then in place their softmax and gradient; besides it, the labelled
+hidden states and their gradient (2 x tokens x H).
 """
 
 from __future__ import annotations
@@ -29,10 +33,19 @@ from lorakit.plan.arch import ArchFacts
 FP32 = 4
 
 
-def saved_bytes_per_token_per_layer(arch: ArchFacts, method: str, rank: int, lora_dropout: float) -> int:
+def lean_applies(arch: ArchFacts, grad_checkpoint: bool, lean: bool) -> bool:
+    from lorakit.train.lean import FAMILIES
+
+    return lean and not grad_checkpoint and arch.model_type in FAMILIES
+
+
+def saved_bytes_per_token_per_layer(arch: ArchFacts, method: str, rank: int, lora_dropout: float,
+                                    lean: bool = False) -> int:
     """Bytes autograd saves per token in one decoder layer (see the module docstring)."""
     n = 4 * arch.hidden + 2 * arch.kv_dim + arch.heads + 3 * arch.intermediate + 2
     n += sum(width * count for width, count in arch.saved_input_groups.items())
+    if lean:
+        n -= arch.intermediate + arch.recomputable_inputs
     extra = 0
     if method == "full":
         n += 2 * arch.hidden
@@ -49,16 +62,18 @@ def backward_working_set_per_token(arch: ArchFacts) -> int:
 
 
 def activation_bytes(arch: ArchFacts, method: str, tokens: int, rank: int, grad_checkpoint: bool,
-                     lora_dropout: float = 0.0) -> int:
+                     lora_dropout: float = 0.0, lean: bool = True) -> int:
     """Peak bytes of saved activations plus one layer's backward working set, for `tokens` = B x S."""
-    layer = saved_bytes_per_token_per_layer(arch, method, rank, lora_dropout)
+    lean = lean_applies(arch, grad_checkpoint, lean)
+    layer = saved_bytes_per_token_per_layer(arch, method, rank, lora_dropout, lean)
     work = FP32 * (backward_working_set_per_token(arch) + arch.hidden)  # + the embedding output
     if grad_checkpoint:  # every layer's input + the one layer being rebuilt
         return tokens * (FP32 * arch.layers * arch.hidden + layer + work)
-    return tokens * (arch.layers * layer + work)
+    first_norm = FP32 * arch.hidden if lean and method != "full" and arch.recomputable_inputs else 0
+    return tokens * (arch.layers * layer + work + first_norm)
 
 
 def loss_bytes(arch: ArchFacts, tokens: int, loss_chunk_tokens: int) -> int:
-    """Peak bytes of the chunked loss: logits, log-softmax and gradient of one chunk, plus dL/dh."""
+    """Peak bytes of the chunked loss: one chunk's logits buffer, the labelled hidden states and dL/dh."""
     chunk = min(tokens, loss_chunk_tokens)
-    return FP32 * (3 * chunk * arch.vocab + tokens * arch.hidden)
+    return FP32 * (chunk * arch.vocab + 2 * tokens * arch.hidden)

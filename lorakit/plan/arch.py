@@ -38,6 +38,12 @@ class ArchFacts:
     input_embedding_params: int = 0  # only when not tied to the output head
     checkpoint_fp32: bool = False  # config.json says the weights are stored in float32
     saved_input_groups: dict[int, int] = field(default_factory=dict)  # in_features -> inputs saved per layer
+    # per layer and token: saved linear inputs that lean layers recompute (norm outputs, SwiGLU product)
+    recomputable_inputs: int = 0
+
+
+# linears whose input `lorakit.train.lean` recomputes in backward: a norm output or the SwiGLU product
+RECOMPUTED_INPUT_OF = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 def load_config(spec):
@@ -77,7 +83,7 @@ def arch_facts(config, rank: int, targets: list[str] | str, method: str) -> Arch
     linears = quantizable_linears(model)
     linear_params = sum(m.weight.numel() for _, m in linears)
     bias_params = sum(m.bias.numel() for _, m in linears if m.bias is not None)
-    adapter_params, adapted, adapted_in, groups = 0, 0, 0, set()
+    adapter_params, adapted, adapted_in, groups, recomputable = 0, 0, 0, set(), set()
     if method != "full":
         chosen, _ = plan_targets(model, LoraConfig(r=rank, target_modules=targets))
         for name, module in chosen:
@@ -91,10 +97,14 @@ def arch_facts(config, rank: int, targets: list[str] | str, method: str) -> Arch
             # linears under the same parent with the same input width read one tensor (q/k/v,
             # gate/up): autograd saves it once for all their LoRA A matmuls
             groups.add((layer_index(name), name.rpartition(".")[0], in_f))
+            if name.rpartition(".")[2] in RECOMPUTED_INPUT_OF:
+                recomputable.add((layer_index(name), name.rpartition(".")[0], in_f))
     else:
         for name, module in linears:
             out_f, in_f = dense_weight_out_in(module).shape
             groups.add((layer_index(name), name.rpartition(".")[0], in_f))
+            if name.rpartition(".")[2] in RECOMPUTED_INPUT_OF:
+                recomputable.add((layer_index(name), name.rpartition(".")[0], in_f))
     n_layers = int(config.num_hidden_layers)
     per_layer: dict[int, int] = {}
     for _, _, in_f in groups:
@@ -111,5 +121,6 @@ def arch_facts(config, rank: int, targets: list[str] | str, method: str) -> Arch
         params=params, linear_params=linear_params, linear_bias_params=bias_params,
         adapter_params=adapter_params, adapted_linears=adapted, adapted_in_features=adapted_in,
         saved_input_groups=per_layer, input_embedding_params=untied_embed,
+        recomputable_inputs=-(-sum(in_f for _, _, in_f in recomputable) // n_layers),
         checkpoint_fp32=stored.replace("torch.", "") == "float32",
     )

@@ -96,9 +96,10 @@ def weight_bytes(arch: ArchFacts, method: str) -> int:
 
 def estimate(config_or_model_spec, method: str = "lora", batch_size: int = 1, seq_len: int = 512, rank: int = 16,
              targets: list[str] | str = "all-linear", grad_checkpoint: bool = True, loss_chunk_tokens: int = 1024,
-             lora_dropout: float = 0.0, available: int | None = None) -> Estimate:
+             lora_dropout: float = 0.0, lean: bool = True, available: int | None = None) -> Estimate:
     """Predict the peak memory of training `config_or_model_spec` (a transformers config, a
-    config.json path, or a model alias/directory) with `method` ('full', 'lora', 'qlora')."""
+    config.json path, or a model alias/directory) with `method` ('full', 'lora', 'qlora');
+    `lean` as the trainer's --lean-memory (recomputed norm and SwiGLU outputs, no checkpointing)."""
     if method not in METHODS:
         raise LorakitError(f"unknown method {method!r}; use one of: {', '.join(METHODS)}")
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("rank", rank),
@@ -114,7 +115,7 @@ def estimate(config_or_model_spec, method: str = "lora", batch_size: int = 1, se
         adapter=0 if method == "full" else FP32 * arch.adapter_params,
         gradients=FP32 * trainable,
         optimizer=2 * FP32 * trainable,
-        activations=activation_bytes(arch, method, tokens, rank, grad_checkpoint, lora_dropout),
+        activations=activation_bytes(arch, method, tokens, rank, grad_checkpoint, lora_dropout, lean),
         logits=loss_bytes(arch, tokens, loss_chunk_tokens),
         available=psutil.virtual_memory().available if available is None else available,
         mapped=mapped_bytes(arch, method),

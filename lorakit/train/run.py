@@ -190,7 +190,7 @@ def _print_plan(cfg: TrainConfig, rank: int) -> None:
     try:
         est = estimate(cfg.model or DEFAULT_MODEL, method=method, batch_size=cfg.batch_size, seq_len=cfg.max_seq_len, rank=cfg.rank,
                        targets=cfg.targets, grad_checkpoint=cfg.grad_checkpoint, loss_chunk_tokens=cfg.loss_chunk,
-                       lora_dropout=cfg.dropout)
+                       lora_dropout=cfg.dropout, lean=cfg.lean_memory)
     except LorakitError as exc:
         log.info("memory plan unavailable: %s", exc)
         return

@@ -33,8 +33,8 @@ def test_lora_breakdown_by_hand():
     # seven LoRA A outputs 7r = 28 -> 450 fp32; backward working set 2H + 2I + embedding output H = 192;
     # checkpoints: 2 layers x H
     assert est.activations == TOKENS * (4 * 2 * 32 + 4 * 450 + 4 * 192)
-    # chunked loss: 3 x 16 tokens x 96 vocab of logits, plus dL/dh for 16 tokens
-    assert est.logits == 4 * (3 * TOKENS * 96 + TOKENS * 32)
+    # chunked loss: one buffer of 16 tokens x 96 vocab, the labelled hidden states and dL/dh for 16 tokens
+    assert est.logits == 4 * (TOKENS * 96 + 2 * TOKENS * 32)
     assert est.total == sum([est.runtime, est.weights, est.adapter, est.gradients, est.optimizer,
                              est.activations, est.logits])
 
@@ -46,10 +46,21 @@ def test_qlora_weights_are_nf4_for_linears_only():
 
 
 def test_full_trains_everything_and_keeps_every_layer_without_checkpointing():
-    est = estimate(CFG, method="full", batch_size=2, seq_len=8, rank=4, grad_checkpoint=False, available=10**9)
+    est = estimate(CFG, method="full", batch_size=2, seq_len=8, rank=4, grad_checkpoint=False, lean=False,
+                   available=10**9)
     assert est.adapter == 0 and est.gradients == 4 * PARAMS and est.optimizer == 8 * PARAMS
     # 310 + 112 + two trained norm inputs 2H = 486 per layer, both layers kept
     assert est.activations == TOKENS * (2 * 4 * 486 + 4 * 192)
+    lean = estimate(CFG, method="full", batch_size=2, seq_len=8, rank=4, grad_checkpoint=False, available=10**9)
+    # lean layers: minus SiLU(gate) I = 48 and the recomputed inputs of q/k/v, gate/up, down (2H + I = 112)
+    assert lean.activations == TOKENS * (2 * 4 * (486 - 48 - 112) + 4 * 192)
+
+
+def test_lean_lora_without_checkpointing():
+    est = estimate(CFG, method="lora", batch_size=2, seq_len=8, rank=4, grad_checkpoint=False, available=10**9)
+    # 450 per layer (see the breakdown above) - I - (2H + I) = 290; the first layer's input norm output
+    # stays (it reads the frozen embedding): + H once
+    assert est.activations == TOKENS * (2 * 4 * 290 + 4 * 192 + 4 * 32)
 
 
 def test_adapter_size_matches_what_add_adapter_creates():
@@ -69,7 +80,7 @@ def test_verdict_thresholds():
 def test_longer_chunks_cost_more_and_chunks_cap_the_logits():
     small = estimate(CFG, seq_len=64, batch_size=4, loss_chunk_tokens=32, available=10**9)
     large = estimate(CFG, seq_len=64, batch_size=4, loss_chunk_tokens=4096, available=10**9)
-    assert large.logits - small.logits == 4 * 3 * (256 - 32) * 96
+    assert large.logits - small.logits == 4 * (256 - 32) * 96
 
 
 def test_bad_method_and_sizes_are_one_line_errors():

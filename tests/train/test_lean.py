@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from lorakit.adapters import LoraConfig, add_adapter, set_trainable
+from lorakit.plan.activations import activation_bytes
+from lorakit.plan.arch import arch_facts
 from lorakit.train import recompute
 from lorakit.train.fuse import fuse_projections, unfuse_projections
 from lorakit.train.lean import LeanMLP, lean_layers, restore_layers
@@ -63,6 +65,10 @@ def test_lean_layers_are_bitwise_equal_and_store_less(arch, fuse, monkeypatch):
     # except the first norm: it reads the frozen embedding, so its output is kept (nothing else is)
     first_norm = 4 * ids.numel() * cfg.hidden_size
     assert kept_ref - kept == per_layer * cfg.num_hidden_layers - first_norm
+    # and the planner predicts exactly that saving
+    arch = arch_facts(cfg, 4, "all-linear", "lora")
+    planned = [activation_bytes(arch, "lora", ids.numel(), 4, False, lean=lean) for lean in (False, True)]
+    assert planned[0] - planned[1] == kept_ref - kept
     if fuse:
         unfuse_projections(model)
     restore_layers(model)
