@@ -55,12 +55,14 @@ def steps_for_budget(tokens_per_s: float, minutes: float, tokens_per_step: int) 
 
 
 def run_demo(corpus: str | None, out: str | os.PathLike, *, minutes: float = 12.0, seq_len: int = 256,
-             batch_size: int = 4, rank: int = 16, model: str | None = None, eval_tokens: int = 6000) -> dict:
+             batch_size: int = 4, rank: int = 16, model: str | None = None, eval_tokens: int = 6000,
+             replay_share: float = 0.1) -> dict:
     """Run every stage; returns the paths and headline numbers (also in OUT/demo.json)."""
     from lorakit.data.prepare import prepare_dataset
+    from lorakit.data.replay import add_replay, load_prompts, replay_rows
     from lorakit.eval.run import run_eval
     from lorakit.merge import merge_to_dir
-    from lorakit.models import load_tokenizer
+    from lorakit.models import load_model, load_tokenizer
     from lorakit.train.config import TrainConfig
     from lorakit.train.progress import read_metrics
     from lorakit.train.run import run_training
@@ -74,9 +76,15 @@ def run_demo(corpus: str | None, out: str | os.PathLike, *, minutes: float = 12.
     prepare_dataset([source], data, load_tokenizer(model), fmt="text", seq_len=seq_len, split_by="book",
                     val_fraction=0.03, test_fraction=0.08, seed=0, overwrite=True)
     print(f"[2/5] dataset: {data} (report.json has what was removed and why)")
+    if replay_share:
+        base_model, tokenizer = load_model(model)
+        record = add_replay(data, replay_rows(base_model, tokenizer, load_prompts()), replay_share)
+        del base_model
+        print(f"      + the base's own answers to {record['prompts']} everyday requests, "
+              f"{record['actual_share']:.0%} of train tokens (replay: keeps general behaviour)")
 
     base = dict(model=model, data=str(data), rank=rank, batch_size=batch_size, max_seq_len=seq_len,
-                packing=True, lr=3e-4, warmup=10, eval_batches=10, seed=0)
+                packing=True, mask_prompt=True, lr=3e-4, warmup=10, eval_batches=10, seed=0)
     probe = out / "probe"
     run_training(TrainConfig(**base, out=str(probe), max_steps=4, progress=False, save_every=0))
     speeds = [r["tokens_per_s"] for r in read_metrics(probe / "metrics.jsonl") if "tokens_per_s" in r][1:]
@@ -121,12 +129,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=256, help="tokens per training window")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank")
     p.add_argument("--model", default=None, help="base model (default smollm2-135m-instruct)")
+    p.add_argument("--replay-share", type=float, default=0.1,
+                   help="share of train tokens that are the base's own answers to everyday requests, so the "
+                        "adapter keeps its general behaviour (default 0.1; 0: none)")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     summary = run_demo(args.corpus, args.out, minutes=args.minutes, seq_len=args.seq_len, rank=args.rank,
-                       model=args.model)
+                       model=args.model, replay_share=args.replay_share)
     print(f"done in {summary['minutes']} min. report: {summary['report']}  merged model: {summary['merged']}")
     for key, value in summary["headline"].items():
         print(f"  {key}: {value}")

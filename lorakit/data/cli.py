@@ -53,6 +53,18 @@ def _gutenberg(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from lorakit.data.replay import add_replay, load_prompts, replay_rows
+    from lorakit.models import load_model
+
+    prompts = load_prompts(args.prompts)  # a bad prompts file fails before the model loads
+    model, tokenizer = load_model(args.model)
+    record = add_replay(args.data, replay_rows(model, tokenizer, prompts, args.max_new_tokens), args.share)
+    print(f"added {record['prompts']} base answers x {record['repeats']} to {args.data}/train.jsonl: "
+          f"{record['actual_share']:.1%} of its tokens (details in replay.json); train with --mask-prompt")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `lorakit data` to the top-level parser."""
     p = sub.add_parser("data", help="prepare, lint and download datasets")
@@ -95,6 +107,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     lint.add_argument("--model", default=None, help="check input_ids against this model's tokenizer")
     lint.add_argument("--json", action="store_true", help="print the full report as JSON")
     lint.set_defaults(func=_lint)
+
+    rep = data_sub.add_parser("replay", help="mix the base model's own answers to everyday requests into train",
+                              description="Generate the base model's greedy answers to everyday requests and add "
+                                          "them to DIR/train.jsonl as a small share of its tokens, so a style "
+                                          "adapter keeps the base's general behaviour (lower drift).")
+    rep.add_argument("--data", required=True, metavar="DIR", help="dataset folder from `lorakit data prepare`")
+    rep.add_argument("--model", default=None, help="the base model the adapter will train on (default smollm2)")
+    rep.add_argument("--share", type=float, default=0.1, help="share of train tokens for replay (default 0.1)")
+    rep.add_argument("--prompts", default=None, metavar="FILE",
+                     help="one request per line (default: 64 packaged everyday requests)")
+    rep.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap (default 64)")
+    rep.set_defaults(func=_replay)
 
     gut = data_sub.add_parser("gutenberg", help="download Project Gutenberg ebooks by id (cached)",
                               description=f"Download plain-text ebooks into DIR; the mirror comes from --mirror, "
