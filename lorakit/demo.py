@@ -49,9 +49,11 @@ def download_corpus(out: Path) -> Path:
     return out
 
 
-def steps_for_budget(tokens_per_s: float, minutes: float, tokens_per_step: int) -> int:
-    """Optimizer steps that fit `minutes` of training at the measured speed."""
-    return max(10, int(tokens_per_s * minutes * 60 / tokens_per_step))
+def steps_for_budget(step_seconds: list[float], minutes: float) -> int:
+    """Optimizer steps that fit `minutes` of training, from a probe's step times (first one dropped:
+    it warms up allocators and caches). The median resists one step slowed by other work."""
+    times = sorted(step_seconds[1:] or step_seconds)
+    return max(10, int(minutes * 60 / times[len(times) // 2]))
 
 
 def run_demo(corpus: str | None, out: str | os.PathLike, *, minutes: float = 12.0, seq_len: int = 256,
@@ -86,11 +88,11 @@ def run_demo(corpus: str | None, out: str | os.PathLike, *, minutes: float = 12.
     base = dict(model=model, data=str(data), rank=rank, batch_size=batch_size, max_seq_len=seq_len,
                 packing=True, mask_prompt=True, lr=3e-4, warmup=10, eval_batches=10, seed=0)
     probe = out / "probe"
-    run_training(TrainConfig(**base, out=str(probe), max_steps=4, progress=False, save_every=0))
-    speeds = [r["tokens_per_s"] for r in read_metrics(probe / "metrics.jsonl") if "tokens_per_s" in r][1:]
-    steps = steps_for_budget(sorted(speeds)[len(speeds) // 2], minutes, batch_size * seq_len)
+    run_training(TrainConfig(**base, out=str(probe), max_steps=6, progress=False, save_every=0))
+    times = [r["step_time"] for r in read_metrics(probe / "metrics.jsonl") if "step_time" in r]
+    steps = steps_for_budget(times, minutes)
     adapter = out / "adapter"
-    print(f"[3/5] training {steps} steps (~{minutes:g} min at {sorted(speeds)[len(speeds) // 2]:.0f} tok/s)")
+    print(f"[3/5] training {steps} steps (~{minutes:g} min at {minutes * 60 / steps:.1f} s per step)")
     run_training(TrainConfig(**base, out=str(adapter), max_steps=steps, eval_every=max(1, steps // 5),
                              save_every=max(1, steps // 5)))
     report_dir = out / "report"

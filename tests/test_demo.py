@@ -43,3 +43,11 @@ def test_missing_corpus_is_one_clear_line(tmp_path):
 
     with pytest.raises(LorakitError, match="pass a folder of .txt books with --corpus"):
         run_demo(str(tmp_path / "nowhere"), tmp_path / "demo")
+
+
+def test_the_step_budget_ignores_the_warm_up_step_and_one_slow_step():
+    from lorakit.demo import steps_for_budget
+
+    # warm-up 9 s dropped; one step slowed to 8 s by other work does not set the pace: median 1.2 s
+    assert steps_for_budget([9.0, 1.0, 1.2, 8.0, 1.1], minutes=1.0) == 50
+    assert steps_for_budget([5.0, 5.0], minutes=0.1) == 10  # never fewer than 10 steps
