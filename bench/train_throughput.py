@@ -92,8 +92,8 @@ def build(system: str, adapter_dir: Path):
         load_adapter(model, adapter_dir, trainable=True)
         set_trainable(model, "default")
         lean_layers(model)  # as `lorakit train` does (--lean-memory, the default)
-        fuse_projections(model)  # as `lorakit train` does (--fuse, the default)
-        own_weights(model)  # --lean-memory
+        if fuse_projections(model):  # as `lorakit train` does (--fuse, the default)
+            own_weights(model)  # --lean-memory
         step_loss = lambda b: causal_lm_loss(model, b)  # noqa: E731
     else:
         from peft import PeftModel

@@ -111,9 +111,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     prepare_model(model, cfg)
     if cfg.lean_memory and not cfg.grad_checkpoint:
         lean_layers(model)
-    if cfg.fuse:
-        fuse_projections(model)
-    if cfg.lean_memory:
+    if cfg.fuse and fuse_projections(model) and cfg.lean_memory:
+        # the fused copies leave the originals' file pages resident; a quantized base (nothing
+        # fused) keeps its file-backed embedding, of which only the rows seen are ever read
         own_weights(model)
     _print_plan(cfg, dist.rank)
     params = [p for p in model.parameters() if p.requires_grad]
