@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,10 +21,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lorakit.adapters.config import LoraConfig
+from lorakit.adapters.dora import DoraMagnitude
 from lorakit.adapters.embedding import LoraEmbedding
-from lorakit.adapters.layers import LoraLayer, LoraLinear
+from lorakit.adapters.layers import LoraLayer, LoraLinear, dense_weight
 from lorakit.adapters.model import (
     AdapterInfo,
+    active_adapters,
     adapters,
     add_adapter,
     delete_adapter,
@@ -160,12 +163,69 @@ def _expected(model: nn.Module, config: LoraConfig, plan: tuple) -> tuple[dict[s
     return expected, optional
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default", *,
-                 trainable: bool = False) -> AdapterInfo:
-    """Load a PEFT-format adapter directory into `model` as adapter `name`.
+@dataclass
+class PreparedAdapter:
+    """An adapter read from disk, checked against a model and built beside it, not yet in it.
 
-    Every key and shape is checked first; on any error the model is left exactly as it was.
+    `prepare_adapter` makes one without touching the model (so a server can do it on any
+    thread while the model serves); `attach_adapter` then puts it in, which is cheap when every
+    target is already a LoRA linear: the new factor modules are inserted, nothing is copied.
     """
+
+    path: Path
+    name: str
+    config: LoraConfig
+    plan: tuple
+    expected: dict[str, tuple[str, str, tuple]]
+    tensors: dict[str, torch.Tensor]
+    trainable: bool
+    # module name -> ready {"lora_A", "lora_B", "lora_dropout"[, "lora_magnitude_vector"]} modules;
+    # None when some target still needs wrapping (then attach builds through add_adapter)
+    parts: dict[str, dict[str, nn.Module]] | None = None
+
+
+def _linear_holding(weight: torch.Tensor, requires_grad: bool) -> nn.Linear:
+    """An `nn.Linear` (no bias) whose weight is `weight` itself: no allocation, no init kernel."""
+    layer = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(layer)
+    layer.out_features, layer.in_features = weight.shape
+    layer.weight = nn.Parameter(weight, requires_grad=requires_grad)
+    layer.bias = None
+    return layer
+
+
+def _build_parts(model: nn.Module, prepared: PreparedAdapter) -> dict[str, dict[str, nn.Module]] | None:
+    """Ready modules per target when every target is a LoRA linear and nothing is saved in full."""
+    targets, saved = prepared.plan
+    if saved or not all(isinstance(m, LoraLinear) for _, m in targets):
+        return None
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    for key, (module_name, local, _) in prepared.expected.items():
+        by_module.setdefault(module_name, {})[local] = prepared.tensors[key]
+    cfg, grad = prepared.config, prepared.trainable
+    parts: dict[str, dict[str, nn.Module]] = {}
+    for module_name, layer in targets:
+        w = dense_weight(layer.base_layer)
+        # as LoraLinear.add_adapter: factors in fp32 (fp64 on an fp64 base), on the base's device
+        opts = {"device": w.device, "dtype": w.dtype if w.dtype == torch.float64 else torch.float32}
+        given = by_module[module_name]
+        own = {k: t.to(**opts, copy=True).contiguous() for k, t in given.items()}  # never a view of the file
+        parts[module_name] = {
+            "lora_A": _linear_holding(own["lora_A.weight"], grad),
+            "lora_B": _linear_holding(own["lora_B.weight"], grad),
+            "lora_dropout": nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity(),
+        }
+        if "lora_magnitude_vector" in own:
+            magnitude = DoraMagnitude(layer.out_features, **opts)
+            magnitude.weight = nn.Parameter(own["lora_magnitude_vector"], requires_grad=grad)
+            parts[module_name]["lora_magnitude_vector"] = magnitude
+    return parts
+
+
+def prepare_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default", *,
+                    trainable: bool = False) -> PreparedAdapter:
+    """Read the PEFT adapter at `path`, check every key and shape against `model`, and build its
+    tensors; the model is only read, never changed. Raises `AdapterLoadError` on any problem."""
     path = Path(path)
     if not path.is_dir():
         raise AdapterLoadError(f"{path}: adapter directory not found")
@@ -189,17 +249,86 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
         if tuple(tensors[key].shape) != shape:
             raise AdapterLoadError(f"{weights}: {key} has shape {tuple(tensors[key].shape)} but module "
                                    f"'{module_name}' needs {shape}; the adapter was trained for a different base model")
-    info = add_adapter(model, config, name, init_weights=False, plan=plan)
+    prepared = PreparedAdapter(path, name, config, plan, expected, tensors, trainable)
+    prepared.parts = _build_parts(model, prepared)
+    return prepared
+
+
+def _plan_current(model: nn.Module, prepared: PreparedAdapter) -> bool:
+    """Whether every planned module is still the one at its name (an unload may have unwrapped it)."""
+    def at(name: str) -> nn.Module | None:  # plain dict reads: get_submodule costs ~15 us a module
+        module = model
+        for part in name.split(".") if name else ():
+            module = module._modules.get(part) if module is not None else None
+        return module
+
+    targets, saved = prepared.plan
+    return all(at(n) is m for n, m in (*targets, *saved))
+
+
+def _insert_parts(model: nn.Module, prepared: PreparedAdapter) -> AdapterInfo:
+    """What `add_adapter` does for targets that are LoRA linears already, with the ready modules."""
+    name, config = prepared.name, prepared.config
+    targets, _ = prepared.plan
+    active = active_adapters(model) or [name]
+    if not adapters(model):
+        model.requires_grad_(False)
+    info = AdapterInfo(config=config)
+    try:
+        for module_name, layer in targets:
+            parts = prepared.parts[module_name]
+            layer.lora_A[name], layer.lora_B[name] = parts["lora_A"], parts["lora_B"]
+            layer.lora_dropout[name] = parts["lora_dropout"]
+            if "lora_magnitude_vector" in parts:
+                layer.lora_magnitude_vector[name] = parts["lora_magnitude_vector"]
+            layer.r[name], layer.scaling[name] = config.r, config.scaling
+            info.modules.append(module_name)
+    except BaseException:
+        for module_name in info.modules:
+            model.get_submodule(module_name).delete_adapter(name)
+        raise
+    adapters(model)[name] = info
+    # as add_adapter: a new adapter does not change which one runs
+    for _, layer in targets:
+        layer.active_adapters = [n for n in active if n in layer.r]
+    return info
+
+
+def attach_adapter(model: nn.Module, prepared: PreparedAdapter) -> AdapterInfo:
+    """Put a `prepare_adapter` result into `model` as adapter ``prepared.name``.
+
+    Cheap (no file reads, no tensor copies) when every target was a LoRA linear already; else, or
+    when the model changed since `prepare_adapter` in a way that matters, it is built as
+    `load_adapter` always did. On any error the model is left exactly as it was.
+    """
+    name = prepared.name
+    if name in adapters(model):
+        raise AdapterLoadError(f"{prepared.path}: an adapter named '{name}' is already loaded; "
+                               "load it under another name")
+    if not _plan_current(model, prepared):
+        prepared = prepare_adapter(model, prepared.path, name, trainable=prepared.trainable)
+    if prepared.parts is not None:
+        return _insert_parts(model, prepared)
+    info = add_adapter(model, prepared.config, name, init_weights=False, plan=prepared.plan)
     try:
         with torch.no_grad():
-            for key, (module_name, local, _) in expected.items():
+            for key, (module_name, local, _) in prepared.expected.items():
                 wrapper = model.get_submodule(module_name)
                 target = wrapper.adapter_parameters(name)[local]
-                target.copy_(tensors[key].to(target.dtype))
+                target.copy_(prepared.tensors[key].to(target.dtype))
     except BaseException:
         delete_adapter(model, name)
         raise
     for module_name in (*info.modules, *info.saved_modules):
         for p in model.get_submodule(module_name).adapter_parameters(name).values():
-            p.requires_grad_(trainable)
+            p.requires_grad_(prepared.trainable)
     return info
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default", *,
+                 trainable: bool = False) -> AdapterInfo:
+    """Load a PEFT-format adapter directory into `model` as adapter `name`.
+
+    Every key and shape is checked first; on any error the model is left exactly as it was.
+    """
+    return attach_adapter(model, prepare_adapter(model, path, name, trainable=trainable))

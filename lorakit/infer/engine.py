@@ -10,6 +10,7 @@ and `call` (a function run between steps, used for adapter loads and unloads).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections import deque
@@ -40,12 +41,35 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def worker_threads(requested: int | None = None) -> int:
+    """Intra-op threads for the engine's worker thread: `requested`, else 1 on a machine with at
+    most 2 usable cores, else torch's current setting.
+
+    The worker is not the thread that loaded the model, and on the 2-core machine this project
+    is measured on, torch ops run with 2 OpenMP threads from such a second thread were slower
+    than with 1: a (16 x 576) @ (576 x 1536) GEMM took 450 us or more there against 340 us
+    single-threaded (228 us with 2 threads on the main thread), and the 16-request, 8-adapter
+    benchmark ran at 59-60 tok/s with 2 threads against 68-74 tok/s with 1. A likely cause:
+    libgomp shortens its spin-waits once it manages more threads than there are cores, so
+    parallel regions end in futex sleeps and wake-ups. With more cores, parallel GEMMs should
+    be worth that cost (not measured here), so torch's setting is kept there.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"threads must be at least 1, got {requested}")
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if cores <= 2 else torch.get_num_threads()
+
+
 class Engine:
     """Serves generation requests for `model` and the adapters loaded on it."""
 
     def __init__(self, model, tokenizer, *, max_batch: int = 16, max_context: int = 2048,
-                 max_queue: int = 256, prefill_chunk: int = 256) -> None:
+                 max_queue: int = 256, prefill_chunk: int = 256, threads: int | None = None) -> None:
+        """`threads`: intra-op threads of the worker thread (None: see `worker_threads`)."""
         self.model, self.tokenizer = model, tokenizer
+        self.threads = worker_threads(threads)
         limit = getattr(model.config, "max_position_embeddings", None) or max_context
         self.max_context = min(max_context, limit)
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
@@ -128,6 +152,7 @@ class Engine:
     # -- worker thread --------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        torch.set_num_threads(self.threads)  # this thread's OpenMP team (other threads keep theirs)
         while not self._stop:
             idle = not (self.rows or self.prefilling or self.waiting)
             try:
@@ -141,7 +166,7 @@ class Engine:
                     self._drop_cancelled()
                     self._admit()
                     self._step()
-                self._finish_draining()
+                self.finish_draining()
             except Exception as exc:  # a fault must not kill the server: fail the batch, keep serving
                 log.exception("engine step failed")
                 for req in [*self.rows, *([self.prefilling] if self.prefilling else [])]:
@@ -227,7 +252,8 @@ class Engine:
             req.finish(reason)
             self._remove(req)
 
-    def _finish_draining(self) -> None:
+    def finish_draining(self) -> None:
+        """Delete the unloaded adapters that no request uses any more (worker thread)."""
         for name in [n for n in self.draining if not self.in_use(n)]:
             if name in adapters(self.model):
                 delete_adapter(self.model, name)

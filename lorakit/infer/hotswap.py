@@ -1,7 +1,9 @@
 """Load, unload and combine adapters while the engine serves requests.
 
-Files are read and checked on the caller's thread; only the cheap change to the model runs
-on the engine's worker thread, between two decode steps, so running streams keep going.
+Files are read and checked, and the new adapter's modules built, on the caller's thread
+(`prepare_adapter` only reads the model); only inserting them (`attach_adapter`, about a
+millisecond) runs on the engine's worker thread, between two decode steps, so running
+streams do not wait for a load.
 An unloaded adapter stops taking new requests at once and is deleted when its last running
 request ends.
 """
@@ -13,8 +15,7 @@ import re
 import time
 from pathlib import Path
 
-from lorakit.adapters import load_adapter, read_adapter_config
-from lorakit.adapters.io import read_adapter_weights
+from lorakit.adapters.io import attach_adapter, prepare_adapter
 from lorakit.errors import AdapterLoadError, LorakitError
 from lorakit.infer.combine import install_adapter, plan_combination
 from lorakit.infer.engine import Engine
@@ -45,6 +46,8 @@ def check_name(engine: Engine, name: str, reserved: set[str]) -> None:
         raise EngineError(f"adapter name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-'")
     if name in reserved:
         raise AdapterConflictError(f"{name!r} is the base model's name; pick another adapter name")
+    if name in engine.draining:  # its last request may have just ended, before the worker deleted it
+        engine.call(engine.finish_draining)
     if name in engine.public_adapters or name in engine.draining:
         raise AdapterConflictError(f"an adapter named {name!r} is already loaded; unload it first or pick another name")
 
@@ -68,15 +71,14 @@ def load(engine: Engine, name: str, path: str | os.PathLike, *, root: str | os.P
     target = resolve_under(root, str(path))
     if not target.is_dir():
         raise AdapterPathNotFoundError(f"adapter directory {str(path)!r} not found under the adapter root")
-    try:  # parse on this thread: a broken file is refused before the worker is asked anything
-        read_adapter_config(target)
-        read_adapter_weights(target)
+    try:  # read, check and build the tensors here: the engine keeps decoding meanwhile
+        prepared = prepare_adapter(engine.model, target, name)
     except AdapterLoadError as exc:
         raise AdapterIncompatibleError(str(exc)) from None
 
     def apply() -> float:
         start = time.perf_counter()
-        load_adapter(engine.model, target, name)
+        attach_adapter(engine.model, prepared)  # inserts the ready modules: the model changes only here
         return time.perf_counter() - start
 
     try:

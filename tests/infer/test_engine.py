@@ -138,3 +138,13 @@ def test_refusals(engine_and_model):
         engine.submit([1, 2], "nope", SamplingParams(), print)
     with pytest.raises(PromptTooLongError, match="context holds 96"):
         engine.submit([5] * 96, None, SamplingParams(), print)
+
+
+def test_worker_threads(engine_and_model):
+    from lorakit.infer.engine import worker_threads
+
+    engine, _, _ = engine_and_model
+    assert engine.call(torch.get_num_threads) == engine.threads  # the worker really runs with its setting
+    assert worker_threads(3) == 3
+    with pytest.raises(ValueError, match="at least 1"):
+        worker_threads(0)

@@ -45,6 +45,44 @@ def test_mixed_rows_equal_each_row_alone_and_follow_weight_updates(tiny):
     torch.testing.assert_close(mixed(), alone(), rtol=1e-5, atol=1e-5)
 
 
+def test_mixed_rows_follow_batches_changing_and_adapters_deleted_or_replaced(tiny):
+    """The per-layer stack is reused across batches; however it goes stale, each row must still get its own adapter."""
+    from lorakit.adapters import LoraConfig, adapter_rows, add_adapter, adapter_parameters, delete_adapter, set_adapter
+
+    model = tiny("llama")
+
+    def add(name: str, r: int, seed: int) -> None:
+        add_adapter(model, LoraConfig(r=r, alpha=2 * r), name)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in adapter_parameters(model, name):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    for i in range(4):
+        add(f"x{i}", 2 + 2 * i, i)
+    ids = torch.randint(1, 96, (4, 5), generator=torch.Generator().manual_seed(3))
+
+    def check(rows: list) -> None:
+        with torch.inference_mode():
+            with adapter_rows(model, rows):
+                mixed = model(input_ids=ids).logits
+            for i, name in enumerate(rows):
+                set_adapter(model, name)
+                torch.testing.assert_close(mixed[i], model(input_ids=ids[i:i + 1]).logits[0], rtol=1e-4, atol=1e-4)
+
+    check(["x0", "x1", "x2", "x3"])  # stack of all four
+    check(["x3", "x1", "x3", "x1"])  # a subset: the same stack, other columns masked
+    check(["x2", "x2", "x2", "x2"])  # one adapter: its own factors
+    delete_adapter(model, "x1")      # a gap in the stack
+    check(["x0", "x2", "x3", "x0"])
+    add("x1", 4, 99)                 # same name and rank, other weights: must not be taken for the old x1
+    check(["x1", "x0", "x2", "x1"])
+    with torch.no_grad():            # rescaled in place
+        for p in adapter_parameters(model, "x0"):
+            p.mul_(3.0)
+    check(["x1", "x0", "x3", "x0"])
+
+
 def test_stop_matcher_holds_back_possible_stops():
     m = StopMatcher(["END", "\n\n"])
     assert m.push("hello E") == "hello "   # 'E' may start END
