@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -77,12 +78,44 @@ def build(model_name: str, method: str, rank: int, layers: int = 0):
     return model
 
 
-def run(args: argparse.Namespace) -> dict:
-    from lorakit.plan.malloc import lean_malloc, own_weights, release_free_heap
+def prepare(model, method: str, args: argparse.Namespace):
+    """Checkpointing and the trainer's --lean-memory parts, as `lorakit train` sets them up; returns
+    ``step(ids) -> loss`` (one AdamW step)."""
+    from lorakit.plan.malloc import own_weights, release_free_heap
     from lorakit.train.fuse import fuse_projections
     from lorakit.train.lean import lean_layers
     from lorakit.train.loss import shift_labels
     from lorakit.train.objective import causal_lm_loss
+
+    if args.grad_checkpoint:
+        inner = model.get_base_model() if method == "peft" else model
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if method != "peft" and args.lean_malloc:  # what `lorakit train` does with --lean-memory (default)
+        if not args.grad_checkpoint:
+            lean_layers(model)
+        if fuse_projections(model):  # --fuse (default): fp32 frozen q/k/v and gate/up; quantized bases are left
+            own_weights(model)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(ids: torch.Tensor) -> torch.Tensor:
+        if method == "peft":
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        else:  # the trainer's loss: chunked CE, gradient formed in the forward
+            total, n = causal_lm_loss(model, {"input_ids": ids, "labels": shift_labels(ids)}, args.loss_chunk)
+            loss = total / n
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if method != "peft" and args.lean_malloc:
+            release_free_heap()
+        return loss.detach()
+
+    return step
+
+
+def run(args: argparse.Namespace) -> dict:
+    from lorakit.plan.malloc import lean_malloc
 
     if args.lean_malloc:
         lean_malloc()
@@ -92,33 +125,15 @@ def run(args: argparse.Namespace) -> dict:
     model = build(args.model, args.method, args.rank, args.layers)
     load_s = time.perf_counter() - t0
     rss_loaded = psutil.Process().memory_info().rss
-    if args.grad_checkpoint:
-        inner = model.get_base_model() if args.method == "peft" else model
-        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if args.method != "peft" and args.lean_malloc:  # what `lorakit train` does with --lean-memory (default)
-        if not args.grad_checkpoint:
-            lean_layers(model)
-        fuse_projections(model)  # --fuse (default): fp32 frozen q/k/v and gate/up; quantized bases are left
-        own_weights(model)
-    model.train()
+    step = prepare(model, args.method, args)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
     times = []
     for _ in range(args.steps):
         ids = torch.randint(0, vocab, (args.batch, args.seq), generator=g)
         t = time.perf_counter()
-        if args.method == "peft":
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        else:  # the trainer's loss: chunked CE, gradient formed in the forward
-            total, n = causal_lm_loss(model, {"input_ids": ids, "labels": shift_labels(ids)}, args.loss_chunk)
-            loss = total / n
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if args.method != "peft" and args.lean_malloc:
-            release_free_heap()
+        loss = step(ids)
         times.append(time.perf_counter() - t)
     return {
         "model": args.model + (f"[{args.layers} layers]" if args.layers else ""), "method": args.method, "batch": args.batch, "seq": args.seq, "rank": args.rank,
@@ -127,6 +142,34 @@ def run(args: argparse.Namespace) -> dict:
         "peak_rss_gb": round(peak_rss_bytes() / 1e9, 3), "trainable": sum(p.numel() for p in params),
         "threads": torch.get_num_threads(), "loadavg_1m": round(os.getloadavg()[0], 2), "loss": round(loss.item(), 4),
     }
+
+
+def speed(args: argparse.Namespace) -> dict:
+    """QLoRA vs fp32 LoRA step time, both models in one process taking turns step by step, so
+    background load hits both alike (the median step of each is compared)."""
+    from lorakit.plan.malloc import lean_malloc
+
+    lean_malloc()
+    steps = {}
+    for method in ("lora", "qlora"):
+        model = build(args.model, method, args.rank, args.layers)
+        steps[method] = prepare(model, method, args)
+    g = torch.Generator().manual_seed(0)
+    times: dict[str, list[float]] = {m: [] for m in steps}
+    for i in range(args.steps):
+        ids = torch.randint(0, 151936 if args.model == "qwen2-1.5b" else 49152, (args.batch, args.seq), generator=g)
+        for method, step in steps.items():
+            t = time.perf_counter()
+            step(ids)
+            times[method].append(time.perf_counter() - t)
+        print(f"step {i + 1}: " + "  ".join(f"{m} {v[-1]:.1f} s" for m, v in times.items()), file=sys.stderr, flush=True)
+    med = {m: statistics.median(v[1:] or v) for m, v in times.items()}  # the first step warms up
+    return {"model": args.model + (f"[{args.layers} layers]" if args.layers else ""), "batch": args.batch,
+            "seq": args.seq, "rank": args.rank, "grad_checkpoint": args.grad_checkpoint,
+            "step_s": {m: [round(x, 2) for x in v] for m, v in times.items()},
+            "median_step_s": {m: round(v, 2) for m, v in med.items()}, "qlora_over_lora": round(med["qlora"] / med["lora"], 3),
+            "threads": torch.get_num_threads(), "loadavg_1m": round(os.getloadavg()[0], 2),
+            "peak_rss_gb_both": round(peak_rss_bytes() / 1e9, 3)}
 
 
 def make_checkpoint(out: Path) -> None:
@@ -152,7 +195,8 @@ def main() -> int:
     mk = sub.add_parser("make-checkpoint")
     mk.add_argument("--out", type=Path, default=CKPT)
     r = sub.add_parser("run")
-    for q in (r, sub.add_parser("all")):
+    sp = sub.add_parser("speed", help="qlora vs fp32 lora step time, taking turns in one process")
+    for q in (r, sub.add_parser("all"), sp):
         q.add_argument("--batch", type=int, default=1)
         q.add_argument("--seq", type=int, default=512)
         q.add_argument("--rank", type=int, default=16)
@@ -161,10 +205,12 @@ def main() -> int:
                        help="as `lorakit train --lean-memory` (its default): lean_malloc, lean layers without "
                             "checkpointing, fused projections, weights out of the file mapping, heap trim (not for peft)")
         q.add_argument("--loss-chunk", type=int, default=1024, help="tokens of logits at a time in the loss")
-    r.add_argument("--model", default="qwen2-1.5b")
+    for q in (r, sp):
+        q.add_argument("--model", default="qwen2-1.5b")
+        q.add_argument("--layers", type=int, default=0, help="qwen2-1.5b with this many blocks (speed comparisons)")
+    sp.add_argument("--steps", type=int, default=4)
     r.add_argument("--method", choices=["full", "lora", "qlora", "peft"], default="qlora")
     r.add_argument("--steps", type=int, default=3)
-    r.add_argument("--layers", type=int, default=0, help="qwen2-1.5b with this many blocks (speed comparisons)")
     r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     sub.choices["all"].add_argument("--out", type=Path, default=ROOT / "bench" / "qlora_memory.jsonl")
     sub.choices["all"].add_argument("--only", default="", help="comma-separated model:method filter")
@@ -173,6 +219,8 @@ def main() -> int:
         make_checkpoint(args.out)
     elif args.cmd == "run":
         print(json.dumps(run(args)), flush=True)
+    elif args.cmd == "speed":
+        print(json.dumps(speed(args)), flush=True)
     else:
         only = {s for s in args.only.split(",") if s}
         for model, method, steps in CONFIGS:
