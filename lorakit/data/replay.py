@@ -80,8 +80,12 @@ def add_replay(data_dir: str | os.PathLike, rows: list[dict], share: float = 0.1
     if not rows:
         raise LorakitError("no replay rows to add")
     data_dir = Path(data_dir)
-    kept = [line for line in _train_rows(data_dir) if json.loads(line).get("meta", {}).get("task") != REPLAY_TASK]
-    train_tokens = sum(len(json.loads(line)["input_ids"]) for line in kept)
+    kept, train_tokens = [], 0
+    for line in _train_rows(data_dir):
+        row = json.loads(line)
+        if row.get("meta", {}).get("task") != REPLAY_TASK:  # an earlier call's rows are replaced
+            kept.append(line)
+            train_tokens += len(row["input_ids"])
     replay_tokens = sum(len(r["input_ids"]) for r in rows)
     repeats = max(1, math.ceil(share / (1 - share) * train_tokens / replay_tokens))
     added = [json.dumps(r, ensure_ascii=False) for r in rows] * repeats
