@@ -81,9 +81,8 @@ def build(model_name: str, method: str, rank: int, layers: int = 0):
 def prepare(model, method: str, args: argparse.Namespace):
     """Checkpointing and the trainer's --lean-memory parts, as `lorakit train` sets them up; returns
     ``step(ids) -> loss`` (one AdamW step)."""
-    from lorakit.plan.malloc import own_weights, release_free_heap
-    from lorakit.train.fuse import fuse_projections
-    from lorakit.train.lean import lean_layers
+    from lorakit.plan.malloc import release_free_heap
+    from lorakit.train.methods import speed_and_memory
     from lorakit.train.loss import shift_labels
     from lorakit.train.objective import causal_lm_loss
 
@@ -91,10 +90,7 @@ def prepare(model, method: str, args: argparse.Namespace):
         inner = model.get_base_model() if method == "peft" else model
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method != "peft" and args.lean_malloc:  # what `lorakit train` does with --lean-memory (default)
-        if not args.grad_checkpoint:
-            lean_layers(model)
-        if fuse_projections(model):  # --fuse (default): fp32 frozen q/k/v and gate/up; quantized bases are left
-            own_weights(model)
+        speed_and_memory(model, grad_checkpoint=args.grad_checkpoint)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 

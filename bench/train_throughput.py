@@ -31,11 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lorakit.adapters import LoraConfig, add_adapter, save_adapter, set_trainable  # noqa: E402
 from lorakit.models import load_model  # noqa: E402
-from lorakit.plan.malloc import lean_malloc, own_weights, release_free_heap  # noqa: E402
+from lorakit.plan.malloc import lean_malloc, release_free_heap  # noqa: E402
 from lorakit.train.batches import Batches, Sample, load_samples, padded_batch  # noqa: E402
 from lorakit.train.loss import IGNORE  # noqa: E402
-from lorakit.train.fuse import fuse_projections  # noqa: E402
-from lorakit.train.lean import lean_layers  # noqa: E402
+from lorakit.train.methods import speed_and_memory  # noqa: E402
 from lorakit.train.objective import causal_lm_loss  # noqa: E402
 
 LR, RANK, ALPHA = 1e-4, 16, 32
@@ -91,9 +90,7 @@ def build(system: str, adapter_dir: Path):
 
         load_adapter(model, adapter_dir, trainable=True)
         set_trainable(model, "default")
-        lean_layers(model)  # as `lorakit train` does (--lean-memory, the default)
-        if fuse_projections(model):  # as `lorakit train` does (--fuse, the default)
-            own_weights(model)  # --lean-memory
+        speed_and_memory(model)  # as `lorakit train` does (--fuse, --lean-memory: the defaults)
         step_loss = lambda b: causal_lm_loss(model, b)  # noqa: E731
     else:
         from peft import PeftModel

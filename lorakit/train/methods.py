@@ -11,7 +11,10 @@ from torch import nn
 from lorakit.adapters import LoraConfig, add_adapter, set_trainable
 from lorakit.adapters.targets import parse_targets
 from lorakit.errors import LorakitError
+from lorakit.plan.malloc import own_weights
 from lorakit.train.config import TrainConfig
+from lorakit.train.fuse import fuse_projections
+from lorakit.train.lean import lean_layers
 
 
 def lora_config(cfg: TrainConfig) -> LoraConfig:
@@ -47,3 +50,17 @@ def prepare_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
+
+
+def speed_and_memory(model: nn.Module, *, fuse: bool = True, lean_memory: bool = True,
+                     grad_checkpoint: bool = False) -> None:
+    """What --fuse and --lean-memory do to a prepared model (the trainer and the benchmarks call this).
+
+    Lean layers only without checkpointing (which discards those activations anyway). After fusing,
+    the weights leave the file mapping; a quantized base (nothing fused) keeps its file-backed
+    embedding, of which only the rows seen are ever read.
+    """
+    if lean_memory and not grad_checkpoint:
+        lean_layers(model)
+    if fuse and fuse_projections(model) and lean_memory:
+        own_weights(model)

@@ -14,15 +14,15 @@ from torch import nn
 
 from lorakit.adapters import save_adapter
 from lorakit.errors import LorakitError
-from lorakit.plan.malloc import lean_malloc, own_weights, release_free_heap
+from lorakit.plan.malloc import lean_malloc, release_free_heap
 from lorakit.train import distributed
 from lorakit.train.batches import Batches, load_samples
 from lorakit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lorakit.train.config import TrainConfig
-from lorakit.train.fuse import fuse_projections, unfuse_projections
-from lorakit.train.lean import lean_layers, restore_layers
+from lorakit.train.fuse import unfuse_projections
+from lorakit.train.lean import restore_layers
 from lorakit.train.loop import Hooks, LoopState, train_loop
-from lorakit.train.methods import prepare_model
+from lorakit.train.methods import prepare_model, speed_and_memory
 from lorakit.train.objective import causal_lm_loss, evaluate
 from lorakit.train.progress import MetricsLog, ProgressBar, plot_loss
 from lorakit.train.schedule import make_scheduler
@@ -109,12 +109,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                       row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt, rank=dist.rank, world=dist.world)
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.per_epoch() / cfg.grad_accum))
     prepare_model(model, cfg)
-    if cfg.lean_memory and not cfg.grad_checkpoint:
-        lean_layers(model)
-    if cfg.fuse and fuse_projections(model) and cfg.lean_memory:
-        # the fused copies leave the originals' file pages resident; a quantized base (nothing
-        # fused) keeps its file-backed embedding, of which only the rows seen are ever read
-        own_weights(model)
+    speed_and_memory(model, fuse=cfg.fuse, lean_memory=cfg.lean_memory, grad_checkpoint=cfg.grad_checkpoint)
     _print_plan(cfg, dist.rank)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
