@@ -8,9 +8,11 @@ as PEFT files), the same requests in every scenario, each generating exactly --t
   swap     baseline: one request at a time, `set_adapter` to its adapter (as PEFT users swap),
            then transformers' `generate` with its KV cache; run with 2 torch threads and with 1,
            the faster reported
-  hotload  while `mixed` streams, load one more r=16 adapter --loads times (1 s apart): the engine's
-           pause (attach), the whole load, and the longest gap between two tokens of the running
-           streams during a load beside the median and 95th-percentile gap of the same run
+  hotload  while `mixed` streams, load one more r=16 adapter --loads times (1 s apart): the load
+           call's wall time, the engine's pause (attach), the longest gap between two tokens of the
+           running streams during a load beside the median and 95th-percentile gap of the same run,
+           and the first token of a one-token request on the new adapter sent right after the load
+           returned (counted from the load's start) beside one on an adapter loaded before
 
 Usage: .venv/bin/python bench/serve_throughput.py [--requests 16] [--tokens 48] [--repeat 2] [--loads 3]
 """
@@ -93,7 +95,7 @@ def run_engine(engine: Engine, jobs: list[tuple[list[int], str]], tokens: int, d
         time.sleep(0.5 if i == 0 else 1.0)
         t0 = time.perf_counter()
         result = during()
-        calls.append((t0, time.perf_counter(), result))
+        calls.append((t0, result.pop("call_end", time.perf_counter()), result))
     events = [finished.get(timeout=600) for _ in jobs]
     elapsed = time.perf_counter() - start
     generated = sum(e.completion_tokens for e in events)
@@ -107,6 +109,27 @@ def run_engine(engine: Engine, jobs: list[tuple[list[int], str]], tokens: int, d
                    median_gap_ms=1000 * statistics.median(gaps), p95_gap_ms=1000 * gaps[int(0.95 * (len(gaps) - 1))],
                    max_gap_during_load_ms=[1000 * g for g in during_gaps])
     return out
+
+
+def first_token_at(engine: Engine, ids: list[int], adapter: str) -> float:
+    """Submit a one-token request and return when its token arrived (perf_counter)."""
+    got = queue.Queue()
+    engine.submit(ids, adapter, SamplingParams(max_tokens=1, temperature=0),
+                  lambda e: got.put(time.perf_counter()) if e.kind == "token" else None)
+    return got.get(timeout=60)
+
+
+def hot_load(engine: Engine, name: str, path: Path, ids: list[int], loaded: str) -> dict:
+    """Load `path` as `name` while streams run; then a probe request on it and one on the
+    already-loaded `loaded`: what a load adds is the first probe's wait beyond the second's."""
+    t0 = time.perf_counter()
+    attached = hotswap.load(engine, name, path)
+    call_end = time.perf_counter()
+    new_ttft = first_token_at(engine, ids, name) - t0
+    t1 = time.perf_counter()
+    old_ttft = first_token_at(engine, ids, loaded) - t1
+    return {"call_end": call_end, "pause_ms": 1000 * attached.result(), "call_ms": 1000 * (call_end - t0),
+            "new_ttft_ms": 1000 * new_ttft, "old_ttft_ms": 1000 * old_ttft}
 
 
 def run_swaps(model, jobs: list[tuple[list[int], str]], tokens: int) -> dict:
@@ -141,7 +164,8 @@ def main() -> int:
                    for i in range(args.requests)]
         mixed = [(ids, names[i % args.adapters]) for i, ids in enumerate(prompts)]
         single = [(ids, names[0]) for ids in prompts]
-        engine = Engine(model, tok, max_batch=args.requests, max_context=512, threads=args.threads)
+        # one spare slot for the hot-load run's probe requests
+        engine = Engine(model, tok, max_batch=args.requests + 1, max_context=512, threads=args.threads)
         engine.eos_ids = set()  # every request generates exactly --tokens tokens, so all scenarios do equal work
         run_engine(engine, single[:2], 4)  # warm-up
         best: dict[str, dict] = {}
@@ -150,9 +174,9 @@ def main() -> int:
                 res = run_engine(engine, jobs, args.tokens)
                 if label not in best or res["tok_s"] > best[label]["tok_s"]:
                     best[label] = res
-        hot_name, loaded = names[-1], iter(range(args.loads))
+        loaded = iter(range(args.loads))
         hot = run_engine(engine, mixed, args.tokens, times=args.loads,
-                         during=lambda: hotswap.load(engine, f"hot{next(loaded)}", Path(tmp) / hot_name) * 1000)
+                         during=lambda: hot_load(engine, f"hot{next(loaded)}", Path(tmp) / names[-1], prompts[0], names[0]))
         engine.close()
         # the baseline gets its best thread count: 2 wins on a quiet machine, 1 when another process is busy
         for threads in sorted({1, torch.get_num_threads()}, reverse=True):
@@ -170,9 +194,13 @@ def main() -> int:
     print(f"  mixed / single  = {best['mixed']['tok_s'] / best['single']['tok_s']:.2f}  (target >= 0.80)")
     print(f"  mixed / swap    = {best['mixed']['tok_s'] / best['swap']['tok_s']:.2f}  (target >= 3)")
     fmt = lambda xs: ", ".join(f"{x:.0f}" for x in xs)  # noqa: E731
+    res = hot["results"]
     print(f"  hot loads of an r={args.rank} adapter while {args.requests} streams run ({hot['tok_s']:.1f} tok/s): "
-          f"engine paused {', '.join(f'{x:.1f}' for x in hot['results'])} ms (target < 100); "
-          f"whole load {fmt(1000 * w for w in hot['walls'])} ms")
+          f"load call {fmt(r['call_ms'] for r in res)} ms (target < 100), "
+          f"engine paused {', '.join(f'{x:.1f}' for x in (r['pause_ms'] for r in res))} ms")
+    print(f"  first token of a request on the new adapter, sent after the load returned, counted from the load's "
+          f"start: {fmt(r['new_ttft_ms'] for r in res)} ms; on an adapter loaded before: "
+          f"{fmt(r['old_ttft_ms'] for r in res)} ms")
     print(f"  longest token gap during each load {fmt(hot['max_gap_during_load_ms'])} ms "
           f"vs median gap {hot['median_gap_ms']:.0f} ms, p95 {hot['p95_gap_ms']:.0f} ms (all streams decoding)")
     print(f"  peak RSS {rss_mb():.0f} MiB (model, {args.adapters} + {args.loads} adapters, "

@@ -3,8 +3,9 @@
 Requests join between decode steps. A new request's prompt is prefilled in chunks (one
 chunk per iteration, so running streams keep moving), then it decodes with everyone else
 in one batched forward where each row runs its own adapter (`adapter_rows`). The model
-only ever runs on the worker thread; other threads talk to it through `submit`, `cancel`
-and `call` (a function run between steps, used for adapter loads and unloads).
+only ever runs on the worker thread; other threads talk to it through `submit`, `cancel`,
+`call` (a function run between steps, waited for) and `post` (the same, not waited for: an
+adapter load returns as soon as its attach is queued, since requests queue behind it).
 """
 
 from __future__ import annotations
@@ -81,8 +82,12 @@ class Engine:
         self.waiting: deque[Request] = deque()
         self.draining: set[str] = set()         # unloaded: no new requests, deleted once idle
         self.public_adapters: tuple[str, ...] = tuple(adapters(model))
+        self.pending: set[str] = set()          # adapters whose attach is queued: requests may name them
         self.tokens_generated = 0
         self._inbox: queue.Queue = queue.Queue()
+        # makes "check the name, then queue" one step for submit and post, so a request that was
+        # accepted for a pending adapter is always queued behind that adapter's attach
+        self._names = threading.Lock()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="lorakit-engine", daemon=True)
         self._thread.start()
@@ -91,8 +96,6 @@ class Engine:
     def submit(self, prompt_ids: list[int], adapter: str | None, params: SamplingParams,
                emit: Callable[[Event], None]) -> Request:
         """Queue a request; its events go to `emit` (called on the worker thread)."""
-        if adapter is not None and adapter not in self.public_adapters:
-            raise UnknownAdapterError(f"no adapter named {adapter!r}; loaded: {', '.join(self.public_adapters) or 'none'}")
         if not prompt_ids:
             raise PromptTooLongError("the prompt is empty; send at least one token of text")
         if len(prompt_ids) >= self.max_context:
@@ -101,7 +104,11 @@ class Engine:
         if self._inbox.qsize() + len(self.waiting) >= self.max_queue:
             raise QueueFullError(f"{self.max_queue} requests are already queued; retry later")
         req = Request(list(prompt_ids), adapter, params, emit, tokenizer=self.tokenizer)
-        self._inbox.put(("submit", req))
+        with self._names:
+            if adapter is not None and adapter not in self.adapter_names():
+                raise UnknownAdapterError(f"no adapter named {adapter!r}; "
+                                          f"loaded: {', '.join(self.adapter_names()) or 'none'}")
+            self._inbox.put(("submit", req))
         return req
 
     def cancel(self, req: Request) -> None:
@@ -111,9 +118,23 @@ class Engine:
 
     def call(self, fn: Callable[[], Any], timeout: float | None = 60.0) -> Any:
         """Run `fn` on the worker thread between two steps and return its result (or raise its error)."""
+        return self.post(fn).result(timeout)
+
+    def post(self, fn: Callable[[], Any], *, adds: str | None = None) -> Future:
+        """Queue `fn` to run on the worker thread between two steps; returns its Future at once.
+
+        `adds`: the adapter name `fn` installs. From this call on, requests may name it: they
+        queue behind `fn`, so they run with the adapter in place (or fail, if `fn` fails).
+        Raises ValueError if that name is already loaded or pending.
+        """
         fut: Future = Future()
-        self._inbox.put(("call", (fn, fut)))
-        return fut.result(timeout)
+        with self._names:
+            if adds is not None:
+                if adds in self.public_adapters or adds in self.pending:
+                    raise ValueError(f"adapter {adds!r} is already loaded or being loaded")
+                self.pending.add(adds)
+            self._inbox.put(("call", (fn, fut, adds)))
+        return fut
 
     def stream(self, prompt_ids: list[int], adapter: str | None, params: SamplingParams) -> Iterator[Event]:
         """Submit and yield the request's events from this (non-worker) thread."""
@@ -143,6 +164,10 @@ class Engine:
     def refresh_adapters(self) -> None:
         """Recompute the adapters new requests may use (worker thread, after any change)."""
         self.public_adapters = tuple(n for n in adapters(self.model) if n not in self.draining)
+
+    def adapter_names(self) -> tuple[str, ...]:
+        """Adapters requests may name now: the loaded ones and those whose attach is queued."""
+        return self.public_adapters + tuple(sorted(self.pending - set(self.public_adapters)))
 
     def in_use(self, name: str) -> bool:
         """Whether a running or queued request uses adapter `name` (worker thread)."""
@@ -178,15 +203,22 @@ class Engine:
     def _handle(self, item) -> None:
         kind, payload = item
         if kind == "submit":
-            self.waiting.append(payload)
+            if payload.adapter is not None and payload.adapter not in adapters(self.model):
+                payload.fail(f"adapter {payload.adapter!r} failed to load; see the server log")  # its attach failed
+            else:
+                self.waiting.append(payload)
         elif kind == "call":
-            fn, fut = payload
+            fn, fut, adds = payload
             try:
                 fut.set_result(fn())
             except BaseException as exc:
+                if adds is not None:
+                    log.error("adapter %s was not loaded: %s", adds, exc)
                 fut.set_exception(exc)
             finally:
-                self.refresh_adapters()
+                with self._names:
+                    self.pending.discard(adds)
+                    self.refresh_adapters()
 
     def _drop_cancelled(self) -> None:
         for req in [r for r in self.waiting if r.cancelled]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -63,9 +64,9 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
     def adapter_for(model: str) -> str | None:
         if model == base_name:
             return None
-        if model not in engine.public_adapters:
+        if model not in engine.adapter_names():
             raise UnknownAdapterError(f"model {model!r} not found; use {base_name!r} or a loaded adapter "
-                                      f"({', '.join(engine.public_adapters) or 'none loaded'})")
+                                      f"({', '.join(engine.adapter_names()) or 'none loaded'})")
         return model
 
     @app.get("/", response_class=HTMLResponse)
@@ -74,13 +75,13 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": base_name, "adapters": list(engine.public_adapters), **engine.load()}
+        return {"status": "ok", "model": base_name, "adapters": list(engine.adapter_names()), **engine.load()}
 
     @v1.get("/models")
     async def models():
         data = [{"id": base_name, "object": "model", "created": 0, "owned_by": "lorakit", "parent": None}]
         data += [{"id": n, "object": "model", "created": 0, "owned_by": "lorakit", "parent": base_name}
-                 for n in engine.public_adapters]
+                 for n in engine.adapter_names()]
         return {"object": "list", "data": data}
 
     async def generate(request: Request, chat: bool):
@@ -132,9 +133,11 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
             raise LorakitError("send {\"name\": NAME, \"path\": DIR} (DIR relative to the adapter root)")
         if adapter_root is None:
             raise hotswap.AdapterForbiddenError("loading adapters over HTTP is off; restart with --adapter-root DIR")
-        seconds = await run_in_threadpool(hotswap.load, engine, body["name"], body["path"],
-                                          root=adapter_root, reserved=reserved)
-        return JSONResponse({"name": body["name"], "load_ms": round(seconds * 1000, 2)}, status_code=201)
+        started = time.perf_counter()
+        await run_in_threadpool(hotswap.load, engine, body["name"], body["path"], root=adapter_root, reserved=reserved)
+        # 201 once checked, built and queued: requests sent from now on run with the adapter
+        return JSONResponse({"name": body["name"], "load_ms": round(1000 * (time.perf_counter() - started), 2)},
+                            status_code=201)
 
     @v1.delete("/adapters/{name}")
     async def unload_adapter(name: str):

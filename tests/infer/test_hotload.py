@@ -100,3 +100,98 @@ def test_refused_adapters_change_nothing(tiny_dir, adapter_root):
     with pytest.raises(AdapterLoadError, match="already loaded"):
         attach_adapter(model, prepared)
     assert _snapshot(model) == taken != before
+
+
+@pytest.fixture()
+def engine(tiny_dir, adapter_root):
+    from lorakit.adapters import load_adapter
+    from lorakit.infer.engine import Engine
+    from lorakit.models import load_model
+
+    model, tok = load_model(tiny_dir)
+    load_adapter(model, adapter_root / "a0", "a0")
+    engine = Engine(model, tok, max_batch=4, max_context=64)
+    yield engine
+    engine.close()
+
+
+def _hold_worker(engine):
+    """Keep the engine's worker busy until the returned event is set (as a long decode step would)."""
+    import threading
+
+    release, holding = threading.Event(), threading.Event()
+    engine.post(lambda: (holding.set(), release.wait(30)))
+    assert holding.wait(10)
+    return release
+
+
+def _greedy_text(engine, ids, adapter, max_tokens=8):
+    from lorakit.infer.sampling import SamplingParams
+
+    events = list(engine.stream(ids, adapter, SamplingParams(max_tokens=max_tokens, temperature=0)))
+    assert events[-1].kind == "done", events[-1]
+    return "".join(e.text for e in events if e.kind == "token")
+
+
+def test_load_returns_before_the_worker_attaches_and_later_requests_use_the_adapter(engine, adapter_root, tiny_dir):
+    """A load does not wait for the step in flight; a request sent after it returns still runs with
+    the adapter, because it queues behind the attach."""
+    import queue
+
+    from lorakit.adapters import adapters, load_adapter
+    from lorakit.infer import hotswap
+    from lorakit.infer.engine import Engine
+    from lorakit.infer.sampling import SamplingParams
+    from lorakit.models import load_model
+
+    ids = engine.tokenizer("The old house stood").input_ids
+    release = _hold_worker(engine)
+    attached = hotswap.load(engine, "hot", adapter_root / "a1")
+    assert not attached.done() and "hot" not in adapters(engine.model)  # returned while the worker was busy
+    events: queue.Queue = queue.Queue()
+    engine.submit(ids, "hot", SamplingParams(max_tokens=8, temperature=0), events.put)  # accepted already
+    with pytest.raises(hotswap.AdapterConflictError):
+        hotswap.load(engine, "hot", adapter_root / "a3")  # the name is taken from the moment load returns
+    release.set()
+    assert attached.result(10) < 1.0
+    got = []
+    while not got or got[-1].kind == "token":
+        got.append(events.get(timeout=30))
+    assert got[-1].kind == "done"
+
+    fresh, tok = load_model(tiny_dir)  # the same request served alone on a model holding only that adapter
+    load_adapter(fresh, adapter_root / "a1", "hot")
+    alone = Engine(fresh, tok, max_batch=1, max_context=64)
+    try:
+        assert "".join(e.text for e in got if e.kind == "token") == _greedy_text(alone, ids, "hot")
+    finally:
+        alone.close()
+    assert engine.public_adapters == ("a0", "hot") and not engine.pending
+
+
+def test_a_failed_attach_fails_the_requests_queued_behind_it(engine):
+    """If the insert itself fails (after every check passed), requests already sent for that name
+    get an error event instead of running without the adapter, and the name is free again."""
+    import queue
+
+    from lorakit.infer.request import UnknownAdapterError
+    from lorakit.infer.sampling import SamplingParams
+
+    ids = engine.tokenizer("Hello there").input_ids
+    release = _hold_worker(engine)
+
+    def broken() -> None:
+        raise RuntimeError("disk vanished")
+
+    attached = engine.post(broken, adds="ghost")
+    events: queue.Queue = queue.Queue()
+    engine.submit(ids, "ghost", SamplingParams(max_tokens=4, temperature=0), events.put)
+    release.set()
+    with pytest.raises(RuntimeError, match="disk vanished"):
+        attached.result(10)
+    event = events.get(timeout=10)
+    assert event.kind == "error" and "ghost" in event.error
+    assert "ghost" not in engine.public_adapters and not engine.pending
+    with pytest.raises(UnknownAdapterError):
+        engine.submit(ids, "ghost", SamplingParams(max_tokens=4), events.put)
+    assert _greedy_text(engine, ids, "a0")  # the engine still serves
