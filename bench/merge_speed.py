@@ -1,8 +1,10 @@
 """Merged model vs base vs unmerged adapter: logits equality and generation speed (issue 5, merge target).
 
 Usage: python bench/merge_speed.py --adapter DIR [--model M] [--tokens 64] [--repeats 3]
-Merges the adapter into a temp directory, then times greedy generation (HF `generate`, KV cache,
-batch 1) of each model in turn, interleaved so machine load hits all three alike.
+Merges the adapter into a temp directory and prints max |logits merged - logits adapted| beside
+the same gap for PEFT's own `merge_and_unload`, and each model's gap to a float64 copy of the
+adapted model (what fp32 summation order alone costs). Then times greedy generation (HF
+`generate`, KV cache, batch 1) of each model in turn, interleaved so machine load hits all three alike.
 """
 
 from __future__ import annotations
@@ -23,6 +25,24 @@ def tokens_per_s(model, ids: torch.Tensor, n: int) -> float:
     with torch.inference_mode():
         out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
     return (out.shape[1] - ids.shape[1]) / (time.perf_counter() - started)
+
+
+def logit_gaps(base, adapted, merged, adapter_dir: str, ids: torch.Tensor) -> dict[str, float]:
+    """Max |difference| of logits: merged vs adapted (lorakit and PEFT), and each vs float64."""
+    import copy
+
+    from peft import PeftModel
+
+    with torch.inference_mode():
+        ref = copy.deepcopy(adapted).double()(input_ids=ids).logits
+        ours, ours_merged = adapted(input_ids=ids).logits.double(), merged(input_ids=ids).logits.double()
+        peft = PeftModel.from_pretrained(copy.deepcopy(base), adapter_dir).eval()
+        theirs = peft(input_ids=ids).logits.double()
+        theirs_merged = peft.merge_and_unload()(input_ids=ids).logits.double()
+    gap = lambda a, b: (a - b).abs().max().item()  # noqa: E731
+    return {"lorakit merged - adapted": gap(ours_merged, ours), "PEFT merged - adapted": gap(theirs_merged, theirs),
+            "lorakit adapted - PEFT adapted": gap(ours, theirs), "adapted (fp32) - float64": gap(ours, ref),
+            "merged (fp32) - float64": gap(ours_merged, ref), "max |logit|": ref.abs().max().item()}
 
 
 def main() -> None:
@@ -48,8 +68,7 @@ def main() -> None:
         merged = AutoModelForCausalLM.from_pretrained(out).eval()
     chat = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False)
     ids = torch.tensor([tok(chat, add_special_tokens=False).input_ids])
-    with torch.inference_mode():
-        diff = (merged(input_ids=ids).logits - adapted(input_ids=ids).logits).abs().max().item()
+    gaps = logit_gaps(base, adapted, merged, args.adapter, ids)
     models = {"base": base, "adapter (unmerged)": adapted, "merged": merged}
     for m in models.values():
         tokens_per_s(m, ids, 4)  # warm-up
@@ -59,7 +78,7 @@ def main() -> None:
             speeds[name].append(tokens_per_s(m, ids, args.tokens))
     print(f"threads {threads}, prompt {ids.shape[1]} tokens, {args.tokens} new tokens, greedy, batch 1, "
           f"median of {args.repeats}")
-    print(f"max |logits merged - logits adapted| = {diff:.2e}")
+    print("max |logits difference|: " + ", ".join(f"{k} {v:.2e}" for k, v in gaps.items()))
     print("| model | tokens/s (median) | runs |")
     print("|---|---|---|")
     for name, values in speeds.items():

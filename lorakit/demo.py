@@ -58,7 +58,7 @@ def steps_for_budget(step_seconds: list[float], minutes: float) -> int:
 
 def run_demo(corpus: str | None, out: str | os.PathLike, *, minutes: float = 12.0, seq_len: int = 256,
              batch_size: int = 4, rank: int = 16, model: str | None = None, eval_tokens: int = 6000,
-             replay_share: float = 0.07) -> dict:
+             replay_share: float = 0.03) -> dict:
     """Run every stage; returns the paths and headline numbers (also in OUT/demo.json)."""
     from lorakit.data.prepare import prepare_dataset
     from lorakit.data.replay import add_replay, load_prompts, replay_rows
@@ -131,9 +131,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=256, help="tokens per training window")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank")
     p.add_argument("--model", default=None, help="base model (default smollm2-135m-instruct)")
-    p.add_argument("--replay-share", type=float, default=0.07,
+    # measured on the demo (bench/RESULTS_eval.md): drift on everyday prompts +33.7% with no replay,
+    # +3.2% at 3%, -9.0% at 7% (the adapter then makes such answers *more* likely); 3% is within 5% both ways
+    p.add_argument("--replay-share", type=float, default=0.03,
                    help="share of train tokens that are the base's own answers to everyday requests, so the "
-                        "adapter keeps its general behaviour (default 0.07; 0: none)")
+                        "adapter keeps its general behaviour (default 0.03; 0: none)")
     p.set_defaults(func=cmd_demo)
 
 

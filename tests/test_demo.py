@@ -31,7 +31,7 @@ def test_demo_runs_every_stage(tiny_model_dir, tmp_path):  # noqa: F811
     assert (out / "data" / "train.jsonl").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "report" / "report.html").is_file()
     replay = json.loads((out / "data" / "replay.json").read_text())  # the base's answers mixed in
-    assert replay["prompts"] >= 32 and replay["actual_share"] >= 0.07
+    assert replay["prompts"] >= 32 and replay["actual_share"] >= 0.03
     merged = AutoModelForCausalLM.from_pretrained(summary["merged"])  # plain transformers, no lorakit
     assert merged.config.model_type == "llama"
     assert json.loads((out / "demo.json").read_text())["steps"] >= 10
