@@ -91,7 +91,7 @@ def main() -> int:
     }
     peak_mb = max(figures["peak_rss_mb_getrusage"], figures["peak_rss_mb_psutil"])
     ok = figures["wall_s"] < LIMIT_SECONDS and peak_mb < LIMIT_RSS_MB
-    print(f"| metric | value |\n|---|---|")
+    print("| metric | value |\n|---|---|")
     for key in ("command", "input_mb", "wall_s", "cpu_s", "peak_rss_mb_getrusage", "peak_rss_mb_psutil", "files",
                 "duplicates", "filtered", "splits", "leakage_pairs", "stage_s", "machine"):
         value = figures[key]

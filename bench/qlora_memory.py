@@ -1,6 +1,6 @@
 """Peak memory and step time of LoRA training: lorakit fp32 LoRA, lorakit QLoRA (NF4), full, and PEFT.
 
-Each configuration runs in a fresh subprocess so its peak RSS (``ru_maxrss``) is its own.
+Each configuration runs in a fresh subprocess so its peak RSS (VmHWM, `peak_rss_mb`) is its own.
 
     # once: a random-init 1.5B Qwen2 checkpoint (the QLoRA run loads it through load_quantized)
     .venv/bin/python bench/qlora_memory.py make-checkpoint
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from lorakit.train.progress import peak_rss_mb  # noqa: E402
 
 CKPT = Path(os.environ.get("LORAKIT_BENCH_CKPT", "/tmp/lorakit-bench/qwen2-1.5b-random"))
 
@@ -49,7 +50,7 @@ def qwen2_15b_config(layers: int = 28):
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return int(peak_rss_mb() * 2**20)
 
 
 def build(model_name: str, method: str, rank: int, layers: int = 0):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import resource
 import statistics
 import sys
 import tempfile
@@ -39,14 +38,10 @@ from lorakit.infer.engine import Engine  # noqa: E402
 from lorakit.infer.prompts import encode_chat  # noqa: E402
 from lorakit.infer.sampling import SamplingParams  # noqa: E402
 from lorakit.models import load_model  # noqa: E402
+from lorakit.train.progress import peak_rss_mb  # noqa: E402
 
 TOPICS = ["the sea", "a library", "winter", "trains", "a garden", "the moon", "bread", "a violin",
           "mountains", "a market", "rain", "an old house", "bees", "a bridge", "snow", "a lighthouse"]
-
-
-def rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_adapters(model, root: Path, count: int, rank: int) -> list[str]:
@@ -203,7 +198,7 @@ def main() -> int:
           f"{fmt(r['old_ttft_ms'] for r in res)} ms")
     print(f"  longest token gap during each load {fmt(hot['max_gap_during_load_ms'])} ms "
           f"vs median gap {hot['median_gap_ms']:.0f} ms, p95 {hot['p95_gap_ms']:.0f} ms (all streams decoding)")
-    print(f"  peak RSS {rss_mb():.0f} MiB (model, {args.adapters} + {args.loads} adapters, "
+    print(f"  peak RSS {peak_rss_mb():.0f} MiB (model, {args.adapters} + {args.loads} adapters, "
           f"KV cache {engine.cache.bytes / 2**20:.0f} MiB)")
     return 0
 

@@ -7,9 +7,9 @@ Both systems train SmolLM2-135M-Instruct (fp32, r=16, alpha=32, all linear layer
 lr 1e-4) from the *same* adapter initialisation (lorakit's, loaded into PEFT). Throughput:
 both models live in one process and take turns step by step, so background load hits both
 alike; the median step is reported. Peak memory: each system runs alone in a fresh
-subprocess (ru_maxrss). (b) counts only real (non-padding) tokens: lorakit packs samples
-into 512-token rows, PEFT pads each batch of 4 samples to its longest; both use
-completion-only loss.
+subprocess (VmHWM, `lorakit.train.progress.peak_rss_mb`). (b) counts only real
+(non-padding) tokens: lorakit packs samples into 512-token rows, PEFT pads each batch of 4
+samples to its longest; both use completion-only loss.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from lorakit.train.batches import Batches, Sample, load_samples, padded_batch  #
 from lorakit.train.loss import IGNORE  # noqa: E402
 from lorakit.train.methods import speed_and_memory  # noqa: E402
 from lorakit.train.objective import causal_lm_loss  # noqa: E402
+from lorakit.train.progress import peak_rss_mb  # noqa: E402
 
 LR, RANK, ALPHA = 1e-4, 16, 32
 
@@ -149,7 +149,7 @@ def worker(system: str, case: str, steps: int, data: str | None, adapter_dir: Pa
     _, step = build(system, adapter_dir)
     for b in batches:
         step(b)
-    return {"system": system, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"system": system, "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:

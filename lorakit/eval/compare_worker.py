@@ -8,18 +8,13 @@ Usage: ``python -m lorakit.eval.compare_worker SPEC.json RESULT.json``.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+from lorakit.train.progress import peak_rss_mb
 
 
 def saved_bytes(out: Path, method: str) -> int:
