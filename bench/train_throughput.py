@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train_throughput.py --steps 50                 # (a) B=4 x 256, fixed length
     .venv/bin/python bench/train_throughput.py --case dataset --data DIR  # (b) real prepared dataset
+    .venv/bin/python bench/train_throughput.py --steps 50 --compile       # (a), lorakit as `train --compile`
 
 Both systems train SmolLM2-135M-Instruct (fp32, r=16, alpha=32, all linear layers, AdamW
 lr 1e-4) from the *same* adapter initialisation (lorakit's, loaded into PEFT). Throughput:
@@ -83,14 +84,14 @@ def dataset_batches(n_steps: int, data: str):
     return [next(packed) for _ in range(n_steps)], [next(padded) for _ in range(n_steps)]
 
 
-def build(system: str, adapter_dir: Path):
+def build(system: str, adapter_dir: Path, compile: bool = False):
     model, _ = load_model()
     if system == "lorakit":
         from lorakit.adapters import load_adapter
 
         load_adapter(model, adapter_dir, trainable=True)
         set_trainable(model, "default")
-        speed_and_memory(model)  # as `lorakit train` does (--fuse, --lean-memory: the defaults)
+        speed_and_memory(model, compile=compile)  # as `lorakit train` does (--fuse, --lean-memory; or --compile)
         step_loss = lambda b: causal_lm_loss(model, b)  # noqa: E731
     else:
         from peft import PeftModel
@@ -136,7 +137,7 @@ def make_adapter(tmp: Path) -> Path:
     return save_adapter(model, tmp / "init")
 
 
-def worker(system: str, case: str, steps: int, data: str | None, adapter_dir: Path) -> dict:
+def worker(system: str, case: str, steps: int, data: str | None, adapter_dir: Path, compile: bool = False) -> dict:
     """One system alone: peak RSS after `steps` steps."""
     torch.set_num_threads(2)
     if system == "lorakit":
@@ -146,7 +147,7 @@ def worker(system: str, case: str, steps: int, data: str | None, adapter_dir: Pa
     else:
         packed, padded = dataset_batches(steps, data)
         batches = packed if system == "lorakit" else with_padding_mask(padded)
-    _, step = build(system, adapter_dir)
+    _, step = build(system, adapter_dir, compile)
     for b in batches:
         step(b)
     return {"system": system, "peak_rss_mb": peak_rss_mb()}
@@ -158,11 +159,12 @@ def main() -> None:
     ap.add_argument("--case", choices=["fixed", "dataset"], default="fixed")
     ap.add_argument("--data", default=None, help="prepared dataset dir (required for --case dataset)")
     ap.add_argument("--mem-steps", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="lorakit runs as `lorakit train --compile`")
     ap.add_argument("--worker", choices=["lorakit", "peft"], help=argparse.SUPPRESS)
     ap.add_argument("--adapter", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.case, args.mem_steps, args.data, Path(args.adapter))))
+        print(json.dumps(worker(args.worker, args.case, args.mem_steps, args.data, Path(args.adapter), args.compile)))
         return
     torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp(prefix="lorakit-bench-"))
@@ -172,7 +174,8 @@ def main() -> None:
     memory = {}
     for system in ("lorakit", "peft"):
         cmd = [sys.executable, __file__, "--worker", system, "--case", args.case, "--mem-steps", str(args.mem_steps),
-               "--adapter", str(adapter_dir)] + (["--data", args.data] if args.data else [])
+               "--adapter", str(adapter_dir)] + (["--data", args.data] if args.data else []) + \
+              (["--compile"] if args.compile else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         memory[system] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
@@ -182,7 +185,7 @@ def main() -> None:
     else:
         packed, padded = dataset_batches(args.steps, args.data)
         feeds = {"lorakit": packed, "peft": with_padding_mask(padded)}
-    systems = {name: build(name, adapter_dir)[1] for name in ("lorakit", "peft")}
+    systems = {name: build(name, adapter_dir, args.compile)[1] for name in ("lorakit", "peft")}
     model_for_flops, _ = load_model()
     fpt = flops_per_token(model_for_flops, 256 if args.case == "fixed" else 512)
     del model_for_flops
@@ -195,7 +198,8 @@ def main() -> None:
         print(f"step {i + 1}: " + "  ".join(f"{k} {v[-1][1] / v[-1][0]:.0f} tok/s loss {v[-1][2]:.4f}"
                                            for k, v in rows.items()), flush=True)
     peak = max(peak, matmul_peak_gflops())  # again after the run: background load can spoil one reading
-    result = {"case": args.case, "steps": args.steps, "matmul_peak_gflops": round(peak, 1)}
+    result = {"case": args.case, "steps": args.steps, "lorakit_compile": args.compile,
+              "matmul_peak_gflops": round(peak, 1)}
     for name, r in rows.items():
         rates = [n / t for t, n, _ in r[2:]]  # the first two steps warm up allocators
         tps = statistics.median(rates)

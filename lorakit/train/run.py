@@ -109,7 +109,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                       row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt, rank=dist.rank, world=dist.world)
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.per_epoch() / cfg.grad_accum))
     prepare_model(model, cfg)
-    speed_and_memory(model, fuse=cfg.fuse, lean_memory=cfg.lean_memory, grad_checkpoint=cfg.grad_checkpoint)
+    speed_and_memory(model, fuse=cfg.fuse, lean_memory=cfg.lean_memory, grad_checkpoint=cfg.grad_checkpoint,
+                     compile=cfg.compile)
     _print_plan(cfg, dist.rank)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
