@@ -64,8 +64,8 @@ class TrainConfig:
     lean_memory: bool = _f(True, "lower peak RSS: recompute norm and SwiGLU outputs in backward instead of "
                                    "storing them, keep weights in private memory, return freed memory to the OS")
     compile: bool = _f(False, "torch.compile each decoder layer (replaces --fuse and --lean-memory, whose "
-                              "Python-side caching breaks the graphs); measured 1.06-1.11x faster with less memory, "
-                              "~2 s more on the first step (bench/compile_probe.py)")
+                              "Python-side caching breaks the graphs); measured 1.04-1.11x faster, ~300 MB more peak, "
+                              "~2 s more on the first step (bench/RESULTS.md)")
     progress: bool = _f(True, "live progress bar")
 
     def __post_init__(self) -> None:

@@ -68,8 +68,9 @@ def speed_and_memory(model: nn.Module, *, fuse: bool = True, lean_memory: bool =
     `compile` compiles each decoder layer instead of fusing and leaning: fused parts are cached by
     tensor identity and lean layers register recipes through a ContextVar, and dynamo breaks its
     graph at both. Compiled, the layers' pointwise ops fuse and AOTAutograd's partitioner recomputes
-    cheap ops in backward rather than saving them: 270-280 vs 251-256 tok/s and 2.4 vs 2.6 GB for
-    SmolLM2-135M at 4 x 256 on 2 cores, with the same losses (bench/RESULTS.md).
+    cheap ops in backward rather than saving them. SmolLM2-135M at 4 x 256 on 2 cores, same losses:
+    258.9 vs 248.1 tok/s beside PEFT (1.15x vs 1.07x of its rate), peak 2.28 vs 1.98 GB
+    (bench/RESULTS.md).
     """
     if compile:
         layers = decoder_layers(model)
