@@ -33,32 +33,17 @@ MODES = ("eager", "compile", "eager-plain", "compile-plain")
 
 
 def worker(mode: str, steps: int, adapter_dir: Path) -> dict:
-    from lorakit.adapters import load_adapter, set_trainable
-    from lorakit.models import load_model
-    from lorakit.train.methods import speed_and_memory
-    from lorakit.train.objective import causal_lm_loss
     from lorakit.train.progress import peak_rss_mb
 
     torch.set_num_threads(2)
     plain = mode.endswith("plain")
-    model, _ = load_model()
-    load_adapter(model, adapter_dir, trainable=True)
-    set_trainable(model, "default")
-    speed_and_memory(model, fuse=not plain, lean_memory=not plain)
-    if mode.startswith("compile"):
-        for layer in model.model.layers:
-            layer.compile()
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tt.LR)
+    _, step = tt.build("lorakit", adapter_dir, fuse=not plain, lean_memory=not plain, compile=mode.startswith("compile"))
     rates, losses = [], []
     for batch in tt.fixed_batches(steps, 4, 256, None):
         start = time.perf_counter()
-        loss, n = causal_lm_loss(model, batch)
-        (loss / n).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss, n = step(batch)
         rates.append(n / (time.perf_counter() - start))
-        losses.append(float(loss.detach()) / n)
+        losses.append(loss)
     return {"mode": mode, "tok_s": statistics.median(rates[2:]), "first_step_s": 1024 / rates[0],
             "final_loss": losses[-1], "peak_rss_mb": round(peak_rss_mb())}
 

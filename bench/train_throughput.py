@@ -84,14 +84,15 @@ def dataset_batches(n_steps: int, data: str):
     return [next(packed) for _ in range(n_steps)], [next(padded) for _ in range(n_steps)]
 
 
-def build(system: str, adapter_dir: Path, compile: bool = False):
+def build(system: str, adapter_dir: Path, **speed):
+    """(model, step) for `system`; `speed`: `speed_and_memory` settings for lorakit (default: the trainer's)."""
     model, _ = load_model()
     if system == "lorakit":
         from lorakit.adapters import load_adapter
 
         load_adapter(model, adapter_dir, trainable=True)
         set_trainable(model, "default")
-        speed_and_memory(model, compile=compile)  # as `lorakit train` does (--fuse, --lean-memory; or --compile)
+        speed_and_memory(model, **speed)  # as `lorakit train` does (--fuse, --lean-memory; or --compile)
         step_loss = lambda b: causal_lm_loss(model, b)  # noqa: E731
     else:
         from peft import PeftModel
@@ -147,7 +148,7 @@ def worker(system: str, case: str, steps: int, data: str | None, adapter_dir: Pa
     else:
         packed, padded = dataset_batches(steps, data)
         batches = packed if system == "lorakit" else with_padding_mask(padded)
-    _, step = build(system, adapter_dir, compile)
+    _, step = build(system, adapter_dir, compile=compile)
     for b in batches:
         step(b)
     return {"system": system, "peak_rss_mb": peak_rss_mb()}
@@ -185,7 +186,7 @@ def main() -> None:
     else:
         packed, padded = dataset_batches(args.steps, args.data)
         feeds = {"lorakit": packed, "peft": with_padding_mask(padded)}
-    systems = {name: build(name, adapter_dir, args.compile)[1] for name in ("lorakit", "peft")}
+    systems = {name: build(name, adapter_dir, compile=args.compile)[1] for name in ("lorakit", "peft")}
     model_for_flops, _ = load_model()
     fpt = flops_per_token(model_for_flops, 256 if args.case == "fixed" else 512)
     del model_for_flops

@@ -23,10 +23,9 @@ from torch import nn
 from lorakit.adapters.config import LoraConfig
 from lorakit.adapters.dora import DoraMagnitude
 from lorakit.adapters.embedding import LoraEmbedding
-from lorakit.adapters.layers import LoraLayer, LoraLinear, dense_weight
+from lorakit.adapters.layers import LoraLayer, LoraLinear, linear_holding, make_dropout
 from lorakit.adapters.model import (
     AdapterInfo,
-    active_adapters,
     adapters,
     add_adapter,
     delete_adapter,
@@ -184,21 +183,6 @@ class PreparedAdapter:
     parts: dict[str, dict[str, nn.Module]] | None = None
 
 
-def _linear_holding(weight: torch.Tensor, requires_grad: bool) -> nn.Linear:
-    """An `nn.Linear` (no bias) whose weight is `weight` itself: no allocation, no init kernel.
-
-    Fields are set in the module's dicts directly: `Module.__setattr__` checks every assignment
-    against parameters, buffers and submodules, which made this twice as slow (4.2 vs 2.0 ms for
-    the 420 factors of an r=16 all-linear SmolLM2-135M adapter, i.e. ~10% of a hot load).
-    """
-    layer = nn.Linear.__new__(nn.Linear)
-    nn.Module.__init__(layer)
-    layer.__dict__["out_features"], layer.__dict__["in_features"] = weight.shape
-    layer._parameters["weight"] = nn.Parameter(weight, requires_grad=requires_grad)
-    layer._parameters["bias"] = None  # as nn.Linear(bias=False) registers it
-    return layer
-
-
 def _build_parts(model: nn.Module, prepared: PreparedAdapter) -> dict[str, dict[str, nn.Module]] | None:
     """Ready modules per target when every target is a LoRA linear and nothing is saved in full."""
     targets, saved = prepared.plan
@@ -210,15 +194,13 @@ def _build_parts(model: nn.Module, prepared: PreparedAdapter) -> dict[str, dict[
     cfg, grad = prepared.config, prepared.trainable
     parts: dict[str, dict[str, nn.Module]] = {}
     for module_name, layer in targets:
-        w = dense_weight(layer.base_layer)
-        # as LoraLinear.add_adapter: factors in fp32 (fp64 on an fp64 base), on the base's device
-        opts = {"device": w.device, "dtype": w.dtype if w.dtype == torch.float64 else torch.float32}
+        opts = layer.factor_options()
         given = by_module[module_name]
         own = {k: t.to(**opts, copy=True).contiguous() for k, t in given.items()}  # never a view of the file
         parts[module_name] = {
-            "lora_A": _linear_holding(own["lora_A.weight"], grad),
-            "lora_B": _linear_holding(own["lora_B.weight"], grad),
-            "lora_dropout": nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity(),
+            "lora_A": linear_holding(own["lora_A.weight"], grad),
+            "lora_B": linear_holding(own["lora_B.weight"], grad),
+            "lora_dropout": make_dropout(cfg),
         }
         if "lora_magnitude_vector" in own:
             magnitude = DoraMagnitude(layer.out_features, **opts)
@@ -271,34 +253,6 @@ def _plan_current(model: nn.Module, prepared: PreparedAdapter) -> bool:
     return all(at(n) is m for n, m in (*targets, *saved))
 
 
-def _insert_parts(model: nn.Module, prepared: PreparedAdapter) -> AdapterInfo:
-    """What `add_adapter` does for targets that are LoRA linears already, with the ready modules."""
-    name, config = prepared.name, prepared.config
-    targets, _ = prepared.plan
-    active = active_adapters(model) or [name]
-    if not adapters(model):
-        model.requires_grad_(False)
-    info = AdapterInfo(config=config)
-    try:
-        for module_name, layer in targets:
-            parts = prepared.parts[module_name]
-            layer.lora_A[name], layer.lora_B[name] = parts["lora_A"], parts["lora_B"]
-            layer.lora_dropout[name] = parts["lora_dropout"]
-            if "lora_magnitude_vector" in parts:
-                layer.lora_magnitude_vector[name] = parts["lora_magnitude_vector"]
-            layer.r[name], layer.scaling[name] = config.r, config.scaling
-            info.modules.append(module_name)
-    except BaseException:
-        for module_name in info.modules:
-            model.get_submodule(module_name).delete_adapter(name)
-        raise
-    adapters(model)[name] = info
-    # as add_adapter: a new adapter does not change which one runs
-    for _, layer in targets:
-        layer.active_adapters = [n for n in active if n in layer.r]
-    return info
-
-
 def attach_adapter(model: nn.Module, prepared: PreparedAdapter) -> AdapterInfo:
     """Put a `prepare_adapter` result into `model` as adapter ``prepared.name``.
 
@@ -312,8 +266,8 @@ def attach_adapter(model: nn.Module, prepared: PreparedAdapter) -> AdapterInfo:
                                "load it under another name")
     if not _plan_current(model, prepared):
         prepared = prepare_adapter(model, prepared.path, name, trainable=prepared.trainable)
-    if prepared.parts is not None:
-        return _insert_parts(model, prepared)
+    if prepared.parts is not None:  # every target a LoRA layer: insert the ready modules, copy nothing
+        return add_adapter(model, prepared.config, name, init_weights=False, plan=prepared.plan, parts=prepared.parts)
     info = add_adapter(model, prepared.config, name, init_weights=False, plan=prepared.plan)
     try:
         with torch.no_grad():
