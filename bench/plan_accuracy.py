@@ -3,7 +3,7 @@
     .venv/bin/python bench/plan_accuracy.py [--results bench/qlora_memory.jsonl]
 
 Prints a markdown table: predicted total, measured peak, error. Only runs measured with
-``--lean-malloc`` are compared (the planner assumes it); 1.5B full fine-tuning is predicted only.
+``--lean-malloc`` are compared (planned as the trainer's --release-memory); 1.5B full fine-tuning is predicted only.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main() -> int:
         spec = QLORA_SPECS.get(model, SPECS[model]) if method.startswith("qlora") else SPECS[model]
         est = estimate(spec(), method=method.split()[0], batch_size=r["batch"], seq_len=r["seq"], rank=r["rank"],
                        grad_checkpoint=r["grad_checkpoint"], loss_chunk_tokens=r.get("loss_chunk", 1024),
-                       available=10**12)
+                       release=True, available=10**12)
         pred = f"{est.total / 1e9:.2f} ({est.weights / 1e9:.2f} / {(est.activations + est.logits) / 1e9:.2f})"
         if run is None:
             print(f"| {model} | {method} | {pred} | not run (needs ~{est.total / 1e9:.0f} GB) | - |")

@@ -14,8 +14,10 @@ Models: ``qwen2-1.5b`` is the issue's configuration (hidden 1536, 28 layers, int
 read from the checkpoint above for QLoRA; ``smollm2-135m-instruct`` is the real model.
 The training step is a minimal AdamW loop made of the trainer's parts (`lorakit train`): the
 trainer's chunked cross entropy (<= 1024 tokens of logits at a time, gradient formed in the
-forward), and with --lean-malloc what --lean-memory does (lean layers when not checkpointing,
-fused frozen projections, weights out of the file mapping, heap trimmed after each step). PEFT runs
+forward), and with --lean-malloc what --lean-memory and --release-memory do (lean layers when not
+checkpointing, fused frozen projections, weights out of the file mapping; freed memory returned at
+once, heap trimmed after each step). --release-memory was the trainer's default when these were
+measured; it is opt-in since 2026-11-29 (it costs ~30% of the tokens/s, bench/RESULTS.md). PEFT runs
 the usual way (``model(input_ids, labels=...)``, transformers' own loss).
 """
 
@@ -80,7 +82,7 @@ def build(model_name: str, method: str, rank: int, layers: int = 0):
 
 
 def prepare(model, method: str, args: argparse.Namespace):
-    """Checkpointing and the trainer's --lean-memory parts, as `lorakit train` sets them up; returns
+    """Checkpointing and the trainer's --lean-memory / --release-memory parts, as `lorakit train` sets them up; returns
     ``step(ids) -> loss`` (one AdamW step)."""
     from lorakit.plan.malloc import release_free_heap
     from lorakit.train.methods import speed_and_memory
@@ -90,7 +92,7 @@ def prepare(model, method: str, args: argparse.Namespace):
     if args.grad_checkpoint:
         inner = model.get_base_model() if method == "peft" else model
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if method != "peft" and args.lean_malloc:  # what `lorakit train` does with --lean-memory (default)
+    if method != "peft" and args.lean_malloc:  # what `lorakit train --release-memory` does
         speed_and_memory(model, grad_checkpoint=args.grad_checkpoint)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

@@ -20,7 +20,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     est = estimate(args.model or DEFAULT_MODEL, method=args.method, batch_size=args.batch_size,
                    seq_len=args.seq_len, rank=args.rank, targets=_targets(args.targets),
                    grad_checkpoint=args.grad_checkpoint, loss_chunk_tokens=args.loss_chunk_tokens,
-                   lora_dropout=args.dropout)
+                   lora_dropout=args.dropout, release=args.release_memory)
     print(f"model: {args.model or DEFAULT_MODEL}  batch {args.batch_size} x {args.seq_len} tokens, "
           f"rank {args.rank}, targets {args.targets}, grad checkpointing {'on' if args.grad_checkpoint else 'off'}")
     print(est.format())
@@ -38,5 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--targets", default="all-linear", help="all-linear, attention, mlp, module names (a,b,c) or a regex, as for train")
     p.add_argument("--grad-checkpoint", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--loss-chunk-tokens", type=int, default=1024, help="tokens of logits the trainer's loss holds at once")
+    p.add_argument("--release-memory", action=argparse.BooleanOptionalAction, default=False,
+                   help="as train's --release-memory: freed memory goes back to the OS (lower peak, slower)")
     p.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (each adapter then keeps a dropped copy of its input)")
     p.set_defaults(func=cmd_plan)

@@ -6,8 +6,11 @@ Assumptions (each a parameter or a constant documented here):
 * ``qlora``: transformer-block linears stored as NF4 (4.127 bits per weight, see
   `lorakit.quant.nf4`), embeddings / norms / output head in fp32; ``lora``: all weights fp32;
 * the loss is a chunked cross entropy over `loss_chunk_tokens` tokens at a time;
-* large tensors are returned to the OS when freed (`lorakit.plan.malloc.lean_malloc`), so
-  resident memory follows live tensors rather than the C allocator's high-water mark;
+* with ``release`` (the trainer's --release-memory), large tensors are returned to the OS when
+  freed (`lorakit.plan.malloc.lean_malloc`), so resident memory follows live tensors; without it
+  (the default: page faults on every fresh tensor cost ~30% of the tokens/s), the C heap keeps
+  freed activations and its fragments resident: ``heap`` = `HEAP_RETAINED` x (activations +
+  logits), measured;
 * ``qlora`` loads with `lorakit.quant.load_quantized`, which leaves fp32 tensors it does not
   quantize as views of the checkpoint's file mapping; an untied input embedding is only read a
   row at a time, yet measured after a 1.5B QLoRA run 398 MB of its 933 MB were resident (which
@@ -37,6 +40,12 @@ RUNTIME_BYTES = 420_000_000
 # NF4 storage per weight in bytes: 4 bits + int8 absmax per 64 + fp32 scale per 64*256 (QLoRA sec. 3)
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
 
+# Freed activation memory glibc's heap keeps resident without --release-memory, as a share of the
+# planned activations + logits: measured peak RSS without minus with release, SmolLM2-135M LoRA r=16,
+# lean layers, 8 steps: 4 x 256: 575 MB of 951 (0.60); 4 x 512: 1269 of 1701 (0.75); 1 x 512: see
+# bench/RESULTS.md. The largest share is used: a plan that says "fits" wrongly costs more.
+HEAP_RETAINED = 0.75
+
 FITS, TIGHT, NO_FIT = "fits", "tight", "won't fit"
 
 
@@ -52,6 +61,7 @@ class Estimate:
     activations: int
     logits: int
     available: int
+    heap: int = 0
     mapped: int = 0
     method: str = "lora"
     trainable_params: int = 0
@@ -60,7 +70,7 @@ class Estimate:
     def total(self) -> int:
         """Predicted peak resident bytes."""
         return (self.runtime + self.weights + self.adapter + self.gradients + self.optimizer
-                + self.activations + self.logits)
+                + self.activations + self.logits + self.heap)
 
     @property
     def verdict(self) -> str:
@@ -72,13 +82,17 @@ class Estimate:
     def format(self) -> str:
         """A table of the breakdown, the total and the verdict."""
         rows = [(f.name, getattr(self, f.name)) for f in fields(self)
-                if f.name not in ("available", "mapped", "method", "trainable_params")]
+                if f.name not in ("available", "mapped", "method", "trainable_params")
+                and not (f.name == "heap" and not self.heap)]
         lines = [f"{'component':<12} {'GB':>8}"]
         lines += [f"{name:<12} {value / 1e9:>8.3f}" for name, value in rows]
         lines.append(f"{'total':<12} {self.total / 1e9:>8.3f}")
         if self.mapped:
             lines.append(f"{'(mapped)':<12} {self.mapped / 1e9:>8.3f}  of the weights: input embedding, file-backed, "
                          "read per token (counted in full)")
+        if self.heap:
+            lines.append(f"{'(heap)':<12} {'':>8}  freed activations the C heap keeps resident; --release-memory "
+                         "returns them at ~0.7x the tokens/s")
         lines.append(f"{'available':<12} {self.available / 1e9:>8.3f}")
         lines.append(f"verdict: {self.verdict} ({self.method}, {self.trainable_params:,} trainable parameters)")
         return "\n".join(lines)
@@ -99,10 +113,12 @@ def weight_bytes(arch: ArchFacts, method: str) -> int:
 
 def estimate(config_or_model_spec, method: str = "lora", batch_size: int = 1, seq_len: int = 512, rank: int = 16,
              targets: list[str] | str = "all-linear", grad_checkpoint: bool = True, loss_chunk_tokens: int = 1024,
-             lora_dropout: float = 0.0, lean: bool = True, available: int | None = None) -> Estimate:
+             lora_dropout: float = 0.0, lean: bool = True, release: bool = False,
+             available: int | None = None) -> Estimate:
     """Predict the peak memory of training `config_or_model_spec` (a transformers config, a
     config.json path, or a model alias/directory) with `method` ('full', 'lora', 'qlora');
-    `lean` as the trainer's --lean-memory (recomputed norm and SwiGLU outputs, no checkpointing)."""
+    `lean` as the trainer's --lean-memory (recomputed norm and SwiGLU outputs, no checkpointing),
+    `release` as its --release-memory (freed memory goes back to the OS at once)."""
     if method not in METHODS:
         raise LorakitError(f"unknown method {method!r}; use one of: {', '.join(METHODS)}")
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("rank", rank),
@@ -112,14 +128,17 @@ def estimate(config_or_model_spec, method: str = "lora", batch_size: int = 1, se
     arch = arch_facts(load_config(config_or_model_spec), rank, targets, method)
     trainable = arch.params if method == "full" else arch.adapter_params
     tokens = batch_size * seq_len
+    activations = activation_bytes(arch, method, tokens, rank, grad_checkpoint, lora_dropout, lean)
+    logits = loss_bytes(arch, tokens, loss_chunk_tokens)
     return Estimate(
         runtime=RUNTIME_BYTES,
         weights=weight_bytes(arch, method),
         adapter=0 if method == "full" else FP32 * arch.adapter_params,
         gradients=FP32 * trainable,
         optimizer=2 * FP32 * trainable,
-        activations=activation_bytes(arch, method, tokens, rank, grad_checkpoint, lora_dropout, lean),
-        logits=loss_bytes(arch, tokens, loss_chunk_tokens),
+        activations=activations,
+        logits=logits,
+        heap=0 if release else int(HEAP_RETAINED * (activations + logits)),
         available=psutil.virtual_memory().available if available is None else available,
         mapped=mapped_bytes(arch, method),
         method=method,

@@ -14,6 +14,7 @@ import yaml
 
 from lorakit.atomic import atomic_write
 from lorakit.errors import LorakitError
+from lorakit.train.precision import PRECISIONS
 
 METHODS = ("lora", "dora", "full", "head", "qlora")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -62,15 +63,26 @@ class TrainConfig:
     threads: int | None = _f(None, "CPU threads (default: physical cores)")
     fuse: bool = _f(True, "fuse frozen q/k/v and gate/up projections into single GEMMs (faster on CPU)")
     lean_memory: bool = _f(True, "lower peak RSS: recompute norm and SwiGLU outputs in backward instead of "
-                                   "storing them, keep weights in private memory, return freed memory to the OS")
+                                   "storing them, keep weights in private memory")
+    release_memory: bool = _f(False, "return freed memory to the OS at once (1 MB mmap threshold, heap trimmed "
+                                     "after each step): ~0.8x the peak RSS at ~0.7x the tokens/s on 2 cores "
+                                     "(page faults on every fresh tensor; bench/RESULTS.md)")
     compile: bool = _f(False, "torch.compile each decoder layer (replaces --fuse and --lean-memory, whose "
-                              "Python-side caching breaks the graphs); measured 1.04-1.11x faster, ~300 MB more peak, "
-                              "~2 s more on the first step (bench/RESULTS.md)")
+                              "Python-side caching breaks the graphs); ~2 s more on the first step; pays most with "
+                              "--precision bf16: 619-680 vs 565 tok/s, 2.23 vs 2.62 GB (bench/RESULTS.md)")
+    precision: str = _f("fp32", "fp32 | bf16 | auto: bf16 mixed precision (bf16 GEMMs; adapter weights, optimizer and "
+                                "loss in fp32) is ~2.5x faster where the chip runs bf16 natively (AVX512-BF16/AMX, "
+                                "recent GPUs) and ~400x slower where it does not; auto measures and picks")
+    attention: str | None = _f(None, "transformers' attention implementation, e.g. eager or sdpa (default: the "
+                                     "model's own, sdpa where supported); eager with --precision bf16 --compile: "
+                                     "875 vs 619-680 tok/s at 4 x 256, +340 MB (it keeps T x T probabilities)")
     progress: bool = _f(True, "live progress bar")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise LorakitError(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.precision not in PRECISIONS:
+            raise LorakitError(f"--precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         if self.schedule not in SCHEDULES:
             raise LorakitError(f"--schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
         for name in ("rank", "batch_size", "grad_accum", "max_seq_len", "loss_chunk"):

@@ -29,14 +29,23 @@ class _ChunkedLinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk, softcap, want_grad):
         want_h, want_w, want_b = want_grad
+        # GEMMs in the autocast dtype where autocast is on (bf16 training), softmax and loss in fp32
+        device = hidden.device.type
+        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        with torch.autocast(device, enabled=False):
+            return _ChunkedLinearCE._run(ctx, hidden, weight.to(compute), None if bias is None else bias.to(compute),
+                                         targets, chunk, softcap, want_h, want_w, want_b, weight, bias)
+
+    @staticmethod
+    def _run(ctx, hidden, w, b, targets, chunk, softcap, want_h, want_w, want_b, weight, bias):
         grad_h = torch.empty_like(hidden) if want_h else None
         grad_w = torch.zeros_like(weight) if want_w else None
         grad_b = torch.zeros_like(bias) if want_b else None
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk):
             stop = min(start + chunk, hidden.shape[0])
-            h = hidden[start:stop]
-            raw = F.linear(h, weight, bias)
+            h = hidden[start:stop].to(w.dtype)
+            raw = F.linear(h, w, b).float()  # no copy when computing in fp32
             tanh = None
             if softcap is not None:
                 tanh = torch.tanh(raw / softcap)
@@ -53,10 +62,17 @@ class _ChunkedLinearCE(torch.autograd.Function):
             grad[torch.arange(stop - start), targets[start:stop]] -= 1.0
             if tanh is not None:
                 grad *= 1 - tanh * tanh  # d(c tanh(z/c))/dz
-            if want_h:
-                torch.mm(grad, weight, out=grad_h[start:stop])
-            if want_w:
-                grad_w.addmm_(grad.T, h)
+            if w.dtype == grad.dtype:  # fp32: straight into the gradient buffers
+                if want_h:
+                    torch.mm(grad, w, out=grad_h[start:stop])
+                if want_w:
+                    grad_w.addmm_(grad.T, h)
+            else:
+                grad = grad.to(w.dtype)
+                if want_h:
+                    grad_h[start:stop] = torch.mm(grad, w)
+                if want_w:
+                    grad_w += torch.mm(grad.T, h)
             if want_b:
                 grad_b += grad.sum(0)
         ctx.grads = (grad_h, grad_w, grad_b)

@@ -68,9 +68,10 @@ def speed_and_memory(model: nn.Module, *, fuse: bool = True, lean_memory: bool =
     `compile` compiles each decoder layer instead of fusing and leaning: fused parts are cached by
     tensor identity and lean layers register recipes through a ContextVar, and dynamo breaks its
     graph at both. Compiled, the layers' pointwise ops fuse and AOTAutograd's partitioner recomputes
-    cheap ops in backward rather than saving them. SmolLM2-135M at 4 x 256 on 2 cores, same losses:
-    258.9 vs 248.1 tok/s beside PEFT (1.15x vs 1.07x of its rate), peak 2.28 vs 1.98 GB
-    (bench/RESULTS.md).
+    cheap ops in backward rather than saving them (a fused-projection cache dynamo can trace, keyed
+    by `is`, ran without graph breaks but no faster: 242 vs 249 tok/s). Where it pays most is
+    under bf16 autocast, whose casts it fuses: SmolLM2-135M at 4 x 256 on 2 cores, 619-680 tok/s
+    compiled vs 565 eager, peak 2.23 vs 2.62 GB (bench/RESULTS.md, round 3).
     """
     if compile:
         layers = decoder_layers(model)

@@ -24,6 +24,7 @@ from lorakit.train.lean import restore_layers
 from lorakit.train.loop import Hooks, LoopState, train_loop
 from lorakit.train.methods import prepare_model, speed_and_memory
 from lorakit.train.objective import causal_lm_loss, evaluate
+from lorakit.train.precision import autocast, resolve_precision
 from lorakit.train.progress import MetricsLog, ProgressBar, plot_loss
 from lorakit.train.schedule import make_scheduler
 
@@ -83,6 +84,15 @@ def load_base(cfg: TrainConfig, device: torch.device):
     return load_model(cfg.model, device=device)
 
 
+def use_attention(model: nn.Module, name: str) -> None:
+    """Switch the model's attention implementation (transformers' names: eager, sdpa, ...)."""
+    try:
+        model.set_attn_implementation(name)
+    except (ValueError, ImportError) as exc:
+        raise LorakitError(f"--attention {name}: {type(model).__name__} cannot use it ({exc}); "
+                           "leave --attention unset for the model's default") from None
+
+
 def save_final(model: nn.Module, tokenizer, cfg: TrainConfig, out: Path) -> None:
     """The run's product: a PEFT adapter, or a full model directory for full/head."""
     if cfg.method in ("full", "head"):
@@ -97,12 +107,17 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     if not cfg.out:
         raise LorakitError("--out is required: where the adapter, checkpoints and metrics go")
     out = Path(cfg.out)
-    if cfg.lean_memory:
+    if cfg.release_memory:
         lean_malloc()
     dist = distributed.init()
     device = resolve_device(cfg.device) if dist.device is None else dist.device
     threads = set_threads(cfg.threads) if device.type == "cpu" else None
+    precision = resolve_precision(cfg.precision, device)
+    if dist.rank == 0:
+        _precision_hint(cfg.precision, precision, device)
     model, tokenizer = load_base(cfg, device)
+    if cfg.attention:
+        use_attention(model, cfg.attention)
     train, valid, data_stats = load_data(cfg, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = Batches(train, cfg.batch_size, seed=cfg.seed, pad_id=pad_id, packing=cfg.packing,
@@ -137,7 +152,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         valid_batches = Batches(valid, cfg.batch_size, seed=0, pad_id=pad_id, packing=cfg.packing,
                                 row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt)
         n = min(cfg.eval_batches, valid_batches.per_epoch())
-        return evaluate(model, valid_batches, n, cfg.loss_chunk)
+        with autocast(precision, device):
+            return evaluate(model, valid_batches, n, cfg.loss_chunk)
 
     def do_save(step: int) -> None:
         if dist.rank == 0:
@@ -151,7 +167,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
     hooks = Hooks(evaluate=do_evaluate if valid else None, save=do_save, save_best=do_save_best,
                   all_reduce=dist.all_reduce)
-    if cfg.lean_memory:
+    if cfg.release_memory:
         hooks.on_step.append(lambda step, metrics: release_free_heap())
     if dist.rank == 0:
         cfg.write(out)
@@ -159,12 +175,16 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         hooks.on_eval += [metrics.on_eval]
         if cfg.progress:
             hooks.on_eval.append(ProgressBar(max_steps).on_eval)
-    loss_fn = lambda m, b: causal_lm_loss(m, b, cfg.loss_chunk)  # noqa: E731
+
+    def loss_fn(m: nn.Module, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        with autocast(precision, device):  # backward runs outside it, as autocast asks
+            return causal_lm_loss(m, b, cfg.loss_chunk)
+
     train_loop(model, batches, loss_fn, optimizer, scheduler, max_steps=max_steps, grad_accum=cfg.grad_accum,
                max_grad_norm=cfg.max_grad_norm, eval_every=cfg.eval_every, save_every=cfg.save_every,
                hooks=hooks, state=state)
-    summary = {"steps": state.step, "tokens": state.tokens, "best_eval_loss": state.best_eval,
-               "threads": threads, "device": str(device), "world_size": dist.world, **data_stats}
+    summary = {"steps": state.step, "tokens": state.tokens, "best_eval_loss": state.best_eval, "threads": threads,
+               "device": str(device), "precision": precision, "world_size": dist.world, **data_stats}
     if dist.rank == 0:
         unfuse_projections(model)
         restore_layers(model)
@@ -173,6 +193,16 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     dist.close()
     return summary
+
+
+def _precision_hint(asked: str, precision: str, device: torch.device) -> None:
+    """Say which precision runs, and when fp32 was asked for on a chip where bf16 is native."""
+    from lorakit.train.precision import native_bf16
+
+    log.info("precision: %s%s", precision, " (auto)" if asked == "auto" else "")
+    if precision == "fp32" and asked == "fp32" and device.type == "cpu" and native_bf16("cpu"):
+        log.info("this CPU runs bf16 matmuls natively: --precision bf16 trains ~2.5x faster "
+                 "(adapter, optimizer and loss stay fp32)")
 
 
 def _print_plan(cfg: TrainConfig, rank: int) -> None:
@@ -186,11 +216,12 @@ def _print_plan(cfg: TrainConfig, rank: int) -> None:
     try:
         est = estimate(cfg.model or DEFAULT_MODEL, method=method, batch_size=cfg.batch_size, seq_len=cfg.max_seq_len, rank=cfg.rank,
                        targets=cfg.targets, grad_checkpoint=cfg.grad_checkpoint, loss_chunk_tokens=cfg.loss_chunk,
-                       lora_dropout=cfg.dropout, lean=cfg.lean_memory)
+                       lora_dropout=cfg.dropout, lean=cfg.lean_memory,
+                       release=cfg.release_memory)
     except LorakitError as exc:
         log.info("memory plan unavailable: %s", exc)
         return
     log.info("%s", est.format())
     if est.verdict != "fits":
-        log.warning("predicted peak %.1f GB vs %.1f GB available (%s): try --grad-checkpoint, a smaller "
-                    "--batch-size or --max-seq-len, or --method qlora", est.total / 1e9, est.available / 1e9, est.verdict)
+        log.warning("predicted peak %.1f GB vs %.1f GB available (%s): try --release-memory, --grad-checkpoint, "
+                    "a smaller --batch-size or --max-seq-len, or --method qlora", est.total / 1e9, est.available / 1e9, est.verdict)

@@ -10,7 +10,7 @@ import transformers as tf
 from lorakit.adapters import LoraConfig, add_adapter, trainable_report
 from lorakit.errors import LorakitError
 from lorakit.plan import estimate
-from lorakit.plan.estimate import FITS, NO_FIT, RUNTIME_BYTES, TIGHT
+from lorakit.plan.estimate import FITS, HEAP_RETAINED, NO_FIT, RUNTIME_BYTES, TIGHT
 from tests.conftest import tiny_model
 
 # tests/conftest.py's tiny llama: vocab 96, hidden 32, intermediate 48, 2 layers, 4 heads of 8, 2 KV heads, tied
@@ -35,8 +35,13 @@ def test_lora_breakdown_by_hand():
     assert est.activations == TOKENS * (4 * 2 * 32 + 4 * 450 + 4 * 192)
     # chunked loss: one buffer of 16 tokens x 96 vocab, the labelled hidden states and dL/dh for 16 tokens
     assert est.logits == 4 * (TOKENS * 96 + 2 * TOKENS * 32)
+    # without --release-memory the C heap keeps freed activations: a measured share of them
+    assert est.heap == int(HEAP_RETAINED * (est.activations + est.logits))
     assert est.total == sum([est.runtime, est.weights, est.adapter, est.gradients, est.optimizer,
-                             est.activations, est.logits])
+                             est.activations, est.logits, est.heap])
+    released = estimate(CFG, method="lora", batch_size=2, seq_len=8, rank=4, grad_checkpoint=True, release=True,
+                        available=10**9)
+    assert released.heap == 0 and released.total == est.total - est.heap
 
 
 def test_qlora_weights_are_nf4_for_linears_only():
@@ -102,6 +107,9 @@ def test_cli_reads_a_config_json_and_prints_the_breakdown(tmp_path, capsys):
     for word in ("weights", "adapter", "gradients", "optimizer", "activations", "logits", "total", "verdict: fits"):
         assert word in out
     assert "grad checkpointing on" in out
+    assert "heap" in out  # the trainer's default keeps freed memory in the C heap
+    main(["plan", "--model", str(path), "--release-memory"])
+    assert "heap" not in capsys.readouterr().out
 
 
 def test_cli_rejects_a_config_without_model_type(tmp_path, capsys):

@@ -218,3 +218,15 @@ def test_compiled_layers_train_like_eager_ones(tiny_model_dir, dataset, tmp_path
     layers = decoder_layers(model)
     assert len(layers) == model.config.num_hidden_layers
     assert all(layer._compiled_call_impl is not None for layer in layers)
+
+
+def test_attention_implementation_is_switched_or_refused(tiny_model_dir, dataset, tmp_path):
+    """--attention eager trains the same curve as the default (sdpa) up to float order; a name
+    transformers does not know is refused before any training."""
+    common = dict(max_steps=3, max_seq_len=64)
+    run_training(_cfg(tiny_model_dir, dataset, tmp_path / "sdpa", **common))
+    run_training(_cfg(tiny_model_dir, dataset, tmp_path / "eager", attention="eager", **common))
+    torch.testing.assert_close(torch.tensor(_losses(tmp_path / "eager")), torch.tensor(_losses(tmp_path / "sdpa")),
+                               rtol=1e-5, atol=0)
+    with pytest.raises(LorakitError, match="--attention"):
+        run_training(_cfg(tiny_model_dir, dataset, tmp_path / "bad", attention="no-such-attention", **common))

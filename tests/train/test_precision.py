@@ -1,0 +1,115 @@
+"""bf16 mixed precision: what stays fp32 stays fp32, lean layers stay exact, and a run trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lorakit.adapters import LoraConfig, add_adapter, set_trainable
+from lorakit.errors import LorakitError
+from lorakit.train.config import TrainConfig
+from lorakit.train.lean import lean_layers
+from lorakit.train.loss import IGNORE, chunked_cross_entropy, shift_labels
+from lorakit.train.objective import causal_lm_loss
+from lorakit.train.precision import autocast, native_bf16, resolve_precision
+from lorakit.train.progress import read_metrics
+from lorakit.train.run import run_training
+from tests.conftest import tiny_model
+from tests.train.test_run import _cfg, _losses
+
+CPU = torch.device("cpu")
+
+
+def _adapted(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = tiny_model("llama")
+    add_adapter(model, LoraConfig(r=4, alpha=8, target_modules="all-linear"))
+    for name, p in model.named_parameters():
+        if name.endswith("lora_B.weight"):
+            torch.nn.init.normal_(p, std=0.1)  # B = 0 would hide the adapter path
+    set_trainable(model, "default")
+    return model.train()
+
+
+def _step(model, batch, precision):
+    with autocast(precision, CPU):
+        loss, _ = causal_lm_loss(model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+def test_precision_names_resolve_and_bad_ones_are_refused():
+    assert resolve_precision("fp32", CPU) == "fp32"
+    assert resolve_precision("bf16", CPU) == "bf16"
+    assert resolve_precision("auto", CPU) == ("bf16" if native_bf16("cpu") else "fp32")
+    with pytest.raises(LorakitError, match="--precision"):
+        TrainConfig(precision="fp16")
+
+
+def test_bf16_step_keeps_fp32_weights_and_gradients_and_is_close_to_fp32():
+    model = _adapted()
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "labels": shift_labels(ids)}
+    loss32, grads32 = _step(model, batch, "fp32")
+    loss16, grads16 = _step(model, batch, "bf16")
+    assert loss16.dtype == torch.float32
+    assert all(g.dtype == torch.float32 for g in grads16.values())
+    # measured on this tiny model: loss 1.7e-5 relative, gradients' cosine 0.99998
+    torch.testing.assert_close(loss16, loss32, rtol=2e-4, atol=0)
+    flat32 = torch.cat([g.flatten() for g in grads32.values()])
+    flat16 = torch.cat([g.flatten() for g in grads16.values()])
+    assert F.cosine_similarity(flat16, flat32, dim=0) > 0.9999
+    for name, p in model.named_parameters():  # autocast casts copies; the frozen weights are untouched
+        if not p.requires_grad:
+            assert p.dtype == torch.float32 and torch.equal(p, before[name]), name
+
+
+def test_lean_layers_stay_bitwise_equal_under_bf16():
+    """Recipes recompute in backward, outside the forward's autocast; what they redo (norms, SwiGLU)
+    has no autocast-listed op, so the values must still be the forward's, bit for bit."""
+    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(2))
+    batch = {"input_ids": ids, "labels": shift_labels(ids)}
+    plain, lean = _adapted(), _adapted()
+    lean_layers(lean)
+    loss_ref, grads_ref = _step(plain, batch, "bf16")
+    loss, grads = _step(lean, batch, "bf16")
+    assert torch.equal(loss, loss_ref)
+    for name in grads_ref:
+        assert torch.equal(grads[name], grads_ref[name]), name
+
+
+def test_chunked_loss_under_bf16_matches_cross_entropy_of_bf16_logits():
+    torch.manual_seed(3)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(2, 7, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 7))
+    labels[0, :3] = IGNORE
+    with autocast("bf16", CPU):
+        total, n = chunked_cross_entropy(hidden, head, labels, chunk=4)
+    total.backward()
+    got = hidden.grad.clone()
+    hidden.grad = None
+    logits = F.linear(hidden.bfloat16(), head.weight.bfloat16()).float()  # what the chunks compute
+    ref = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    ref.backward()
+    assert n == int((labels != IGNORE).sum())
+    torch.testing.assert_close(total, ref, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(got, hidden.grad)  # measured: equal
+
+
+def test_a_bf16_run_trains_and_records_its_precision(tiny_model_dir, dataset, tmp_path):
+    common = dict(max_steps=6, packing=True, mask_prompt=True, max_seq_len=128)
+    fp32, bf16 = tmp_path / "fp32", tmp_path / "bf16"
+    run_training(_cfg(tiny_model_dir, dataset, fp32, **common))
+    summary = run_training(_cfg(tiny_model_dir, dataset, bf16, precision="bf16", **common))
+    assert summary["precision"] == "bf16"
+    a, b = _losses(fp32), _losses(bf16)
+    assert b[-1] < b[0]
+    assert a != b  # bf16 really ran; measured gap 4.6e-6 relative on this tiny model
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-4, atol=0)
+    evals = [r for r in read_metrics(bf16 / "metrics.jsonl") if "eval_loss" in r]
+    assert evals and all(torch.isfinite(torch.tensor(r["eval_loss"])) for r in evals)
