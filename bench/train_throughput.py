@@ -2,15 +2,18 @@
 
     .venv/bin/python bench/train_throughput.py --steps 50                 # (a) B=4 x 256, fixed length
     .venv/bin/python bench/train_throughput.py --case dataset --data DIR  # (b) real prepared dataset
-    .venv/bin/python bench/train_throughput.py --steps 50 --compile       # (a), lorakit as `train --compile`
+    .venv/bin/python bench/train_throughput.py --steps 50 --precision bf16 --compile   # lorakit's fastest
+    .venv/bin/python bench/train_throughput.py --steps 50 --precision bf16 --compile --peft-precision bf16
 
-Both systems train SmolLM2-135M-Instruct (fp32, r=16, alpha=32, all linear layers, AdamW
-lr 1e-4) from the *same* adapter initialisation (lorakit's, loaded into PEFT). Throughput:
-both models live in one process and take turns step by step, so background load hits both
-alike; the median step is reported. Peak memory: each system runs alone in a fresh
-subprocess (VmHWM, `lorakit.train.progress.peak_rss_mb`). (b) counts only real
-(non-padding) tokens: lorakit packs samples into 512-token rows, PEFT pads each batch of 4
-samples to its longest; both use completion-only loss.
+Both systems train SmolLM2-135M-Instruct (fp32 weights, r=16, alpha=32, all linear layers, AdamW
+lr 1e-4) from the *same* adapter initialisation (lorakit's, loaded into PEFT) on the same batches.
+Each system runs alone in a fresh process, one after the other, exactly as it would train:
+lorakit with `lorakit train`'s settings (the flags above mirror the trainer's), PEFT + transformers
+as their user runs them (fp32, or bf16 autocast as the HF Trainer's ``bf16=True``). Reported per
+system: the median step's tokens/s after two warm-up steps, the loss after the last step and the
+process's peak RSS (VmHWM, `lorakit.train.progress.peak_rss_mb`); the load average before and
+after tells whether the machine was quiet. (b) counts only labelled tokens: lorakit packs samples
+into 512-token rows, PEFT pads each batch of 4 samples to its longest; both use completion-only loss.
 """
 
 from __future__ import annotations
@@ -36,14 +39,16 @@ from lorakit.train.batches import Batches, Sample, load_samples, padded_batch  #
 from lorakit.train.loss import IGNORE  # noqa: E402
 from lorakit.train.methods import speed_and_memory  # noqa: E402
 from lorakit.train.objective import causal_lm_loss  # noqa: E402
+from lorakit.train.precision import autocast  # noqa: E402
+from lorakit.train.run import use_attention  # noqa: E402
 from lorakit.train.progress import peak_rss_mb  # noqa: E402
 
 LR, RANK, ALPHA = 1e-4, 16, 32
 
 
-def matmul_peak_gflops(seconds: float = 2.0) -> float:
-    """fp32 GEMM rate of this machine at the model's shapes (1024 x 576 @ 576 x 1536)."""
-    a, b = torch.randn(1024, 576), torch.randn(576, 1536)
+def matmul_peak_gflops(seconds: float = 2.0, dtype: torch.dtype = torch.float32) -> float:
+    """GEMM rate of this machine in `dtype` at the model's shapes (1024 x 576 @ 576 x 1536)."""
+    a, b = torch.randn(1024, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
     for _ in range(3):
         a @ b
     n, start = 0, time.perf_counter()
@@ -84,12 +89,22 @@ def dataset_batches(n_steps: int, data: str):
     return [next(packed) for _ in range(n_steps)], [next(padded) for _ in range(n_steps)]
 
 
-def build(system: str, adapter_dir: Path, **speed):
-    """(model, step) for `system`; `speed`: `speed_and_memory` settings for lorakit (default: the trainer's)."""
+def build(system: str, adapter_dir: Path, precision: str = "fp32", release_memory: bool = False,
+          attention: str | None = None, **speed):
+    """(model, step) for `system`, set up as it would train.
+
+    lorakit: as `lorakit train` does: `speed` are `speed_and_memory` settings (default: the trainer's),
+    `release_memory` its --release-memory, `attention` its --attention. Both systems: `precision` "bf16" runs the forward and loss
+    under bf16 autocast (for PEFT + transformers, what the HF Trainer's ``bf16=True`` does).
+    """
     model, _ = load_model()
     if system == "lorakit":
         from lorakit.adapters import load_adapter
 
+        if release_memory:
+            lean_malloc()
+        if attention:
+            use_attention(model, attention)
         load_adapter(model, adapter_dir, trainable=True)
         set_trainable(model, "default")
         speed_and_memory(model, **speed)  # as `lorakit train` does (--fuse, --lean-memory; or --compile)
@@ -108,14 +123,16 @@ def build(system: str, adapter_dir: Path, **speed):
             return out.loss * n, n
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    cpu = torch.device("cpu")
 
     def step(batch) -> tuple[float, int]:
-        loss, n = step_loss(batch)
+        with autocast(precision, cpu):
+            loss, n = step_loss(batch)
         (loss / n).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if system == "lorakit":
-            release_free_heap()  # --lean-memory: the trainer's per-step hook
+        if system == "lorakit" and release_memory:
+            release_free_heap()  # the trainer's per-step hook under --release-memory
         return float(loss.detach()) / n, n
 
     return model, step
@@ -138,20 +155,32 @@ def make_adapter(tmp: Path) -> Path:
     return save_adapter(model, tmp / "init")
 
 
-def worker(system: str, case: str, steps: int, data: str | None, adapter_dir: Path, compile: bool = False) -> dict:
-    """One system alone: peak RSS after `steps` steps."""
+def worker(system: str, args: argparse.Namespace, adapter_dir: Path) -> dict:
+    """One system alone in this process: per-step times, token counts and losses, and peak RSS."""
     torch.set_num_threads(2)
-    if system == "lorakit":
-        lean_malloc()  # as `lorakit train` does (--lean-memory, the default)
-    if case == "fixed":
-        batches = fixed_batches(steps, 4, 256, data)
+    if args.case == "fixed":
+        batches = fixed_batches(args.steps, 4, 256, args.data)
     else:
-        packed, padded = dataset_batches(steps, data)
+        packed, padded = dataset_batches(args.steps, args.data)
         batches = packed if system == "lorakit" else with_padding_mask(padded)
-    _, step = build(system, adapter_dir, compile=compile)
+    if system == "lorakit":
+        _, step = build(system, adapter_dir, args.precision, args.release_memory, args.attention, compile=args.compile)
+    else:
+        _, step = build(system, adapter_dir, args.peft_precision)
+    rows = []
     for b in batches:
-        step(b)
-    return {"system": system, "peak_rss_mb": peak_rss_mb()}
+        start = time.perf_counter()
+        loss, n = step(b)
+        rows.append((time.perf_counter() - start, n, loss))
+    return {"system": system, "steps": rows, "peak_rss_mb": peak_rss_mb()}
+
+
+def summarise(run: dict, fpt: float, peak: float) -> dict:
+    rates = [n / t for t, n, _ in run["steps"][2:]]  # the first two steps warm up allocators (and compile)
+    tps = statistics.median(rates)
+    return {"tokens_per_s": round(tps, 1), "gflops": round(tps * fpt / 1e9, 1),
+            "share_of_fp32_peak": round(tps * fpt / 1e9 / peak, 3), "final_loss": round(run["steps"][-1][2], 4),
+            "peak_rss_mb": round(run["peak_rss_mb"])}
 
 
 def main() -> None:
@@ -159,56 +188,48 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--case", choices=["fixed", "dataset"], default="fixed")
     ap.add_argument("--data", default=None, help="prepared dataset dir (required for --case dataset)")
-    ap.add_argument("--mem-steps", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="lorakit runs as `lorakit train --compile`")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="lorakit's --precision")
+    ap.add_argument("--release-memory", action="store_true", help="lorakit runs with --release-memory")
+    ap.add_argument("--attention", default=None, help="lorakit's --attention (e.g. eager)")
+    ap.add_argument("--peft-precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: PEFT + transformers under bf16 autocast (the HF Trainer's bf16=True)")
     ap.add_argument("--worker", choices=["lorakit", "peft"], help=argparse.SUPPRESS)
     ap.add_argument("--adapter", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.case == "dataset" and not args.data:
+        ap.error("--case dataset needs --data DIR (from `lorakit data prepare`)")
     if args.worker:
-        print(json.dumps(worker(args.worker, args.case, args.mem_steps, args.data, Path(args.adapter), args.compile)))
+        print(json.dumps(worker(args.worker, args, Path(args.adapter))))
         return
     torch.set_num_threads(2)
-    tmp = Path(tempfile.mkdtemp(prefix="lorakit-bench-"))
-    adapter_dir = make_adapter(tmp)
+    load_before = os.getloadavg()[0]
+    adapter_dir = make_adapter(Path(tempfile.mkdtemp(prefix="lorakit-bench-")))
     peak = matmul_peak_gflops()
-
-    memory = {}
-    for system in ("lorakit", "peft"):
-        cmd = [sys.executable, __file__, "--worker", system, "--case", args.case, "--mem-steps", str(args.mem_steps),
-               "--adapter", str(adapter_dir)] + (["--data", args.data] if args.data else []) + \
-              (["--compile"] if args.compile else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        memory[system] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
-
-    if args.case == "fixed":
-        batches = fixed_batches(args.steps, 4, 256, args.data)
-        feeds = {"lorakit": batches, "peft": batches}
-    else:
-        packed, padded = dataset_batches(args.steps, args.data)
-        feeds = {"lorakit": packed, "peft": with_padding_mask(padded)}
-    systems = {name: build(name, adapter_dir, compile=args.compile)[1] for name in ("lorakit", "peft")}
+    peak_bf16 = matmul_peak_gflops(dtype=torch.bfloat16)
     model_for_flops, _ = load_model()
     fpt = flops_per_token(model_for_flops, 256 if args.case == "fixed" else 512)
     del model_for_flops
-    rows = {name: [] for name in systems}
-    for i in range(args.steps):
-        for name, step in systems.items():
-            start = time.perf_counter()
-            loss, n = step(feeds[name][i])
-            rows[name].append((time.perf_counter() - start, n, loss))
-        print(f"step {i + 1}: " + "  ".join(f"{k} {v[-1][1] / v[-1][0]:.0f} tok/s loss {v[-1][2]:.4f}"
-                                           for k, v in rows.items()), flush=True)
+
+    runs = {}
+    for system in ("lorakit", "peft"):  # one after the other, each alone in a fresh process
+        cmd = [sys.executable, __file__, "--worker", system, "--adapter", str(adapter_dir)] + sys.argv[1:]
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if out.returncode:
+            sys.exit(f"{system} worker failed:\n{out.stderr[-3000:]}")
+        runs[system] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{system}: " + " ".join(f"{n / t:.0f}" for t, n, _ in runs[system]["steps"]) + " tok/s", flush=True)
     peak = max(peak, matmul_peak_gflops())  # again after the run: background load can spoil one reading
-    result = {"case": args.case, "steps": args.steps, "lorakit_compile": args.compile,
-              "matmul_peak_gflops": round(peak, 1)}
-    for name, r in rows.items():
-        rates = [n / t for t, n, _ in r[2:]]  # the first two steps warm up allocators
-        tps = statistics.median(rates)
-        result[name] = {"tokens_per_s": round(tps, 1), "gflops": round(tps * fpt / 1e9, 1),
-                        "share_of_peak": round(tps * fpt / 1e9 / peak, 3), "final_loss": round(r[-1][2], 4),
-                        "peak_rss_mb": round(memory[name])}
+    result = {"case": args.case, "steps": args.steps, "lorakit": {"precision": args.precision, "compile": args.compile,
+                                                                   "release_memory": args.release_memory,
+                                                                   "attention": args.attention},
+              "peft": {"precision": args.peft_precision}, "matmul_peak_gflops": {"fp32": round(peak, 1),
+                                                                                  "bf16": round(peak_bf16, 1)},
+              "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+    for name, run in runs.items():
+        result[name].update(summarise(run, fpt, peak))
     result["speedup"] = round(result["lorakit"]["tokens_per_s"] / result["peft"]["tokens_per_s"], 2)
-    result["memory_ratio"] = round(memory["lorakit"] / memory["peft"], 2)
+    result["memory_ratio"] = round(result["lorakit"]["peak_rss_mb"] / result["peft"]["peak_rss_mb"], 2)
     result["loss_gap"] = round(abs(result["lorakit"]["final_loss"] - result["peft"]["final_loss"])
                                / result["peft"]["final_loss"], 4)
     print(json.dumps(result, indent=1))
