@@ -113,3 +113,17 @@ def test_a_bf16_run_trains_and_records_its_precision(tiny_model_dir, dataset, tm
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-4, atol=0)
     evals = [r for r in read_metrics(bf16 / "metrics.jsonl") if "eval_loss" in r]
     assert evals and all(torch.isfinite(torch.tensor(r["eval_loss"])) for r in evals)
+
+
+@pytest.mark.parametrize("method", ["dora", "qlora", "full", "head"])
+def test_every_method_trains_in_bf16_and_saves_fp32_weights(tiny_model_dir, dataset, tmp_path, method):
+    """bf16 is autocast only: what a run saves (adapter or model) keeps its fp32 dtype."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / method
+    summary = run_training(_cfg(tiny_model_dir, dataset, out, method=method, precision="bf16", max_steps=3))
+    assert summary["steps"] == 3 and summary["precision"] == "bf16"
+    losses = _losses(out)
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    saved = load_file(out / ("model.safetensors" if method in ("full", "head") else "adapter_model.safetensors"))
+    assert saved and all(t.dtype == torch.float32 for t in saved.values())
