@@ -94,15 +94,16 @@ def build(system: str, adapter_dir: Path, precision: str = "fp32", release_memor
     """(model, step) for `system`, set up as it would train.
 
     lorakit: as `lorakit train` does: `speed` are `speed_and_memory` settings (default: the trainer's),
-    `release_memory` its --release-memory, `attention` its --attention. Both systems: `precision` "bf16" runs the forward and loss
-    under bf16 autocast (for PEFT + transformers, what the HF Trainer's ``bf16=True`` does).
+    `release_memory` its --release-memory, `attention` its --attention. Both systems: `precision`
+    "bf16" runs the forward and loss under bf16 autocast (for PEFT + transformers, what the HF
+    Trainer's ``bf16=True`` does).
     """
+    if system == "lorakit" and release_memory:
+        lean_malloc()  # before loading, as the trainer does
     model, _ = load_model()
     if system == "lorakit":
         from lorakit.adapters import load_adapter
 
-        if release_memory:
-            lean_malloc()
         if attention:
             use_attention(model, attention)
         load_adapter(model, adapter_dir, trainable=True)

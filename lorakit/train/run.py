@@ -24,7 +24,7 @@ from lorakit.train.lean import restore_layers
 from lorakit.train.loop import Hooks, LoopState, train_loop
 from lorakit.train.methods import prepare_model, speed_and_memory
 from lorakit.train.objective import causal_lm_loss, evaluate
-from lorakit.train.precision import autocast, resolve_precision
+from lorakit.train.precision import autocast, native_bf16, resolve_precision
 from lorakit.train.progress import MetricsLog, ProgressBar, plot_loss
 from lorakit.train.schedule import make_scheduler
 
@@ -197,8 +197,6 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
 def _precision_hint(asked: str, precision: str, device: torch.device) -> None:
     """Say which precision runs, and when fp32 was asked for on a chip where bf16 is native."""
-    from lorakit.train.precision import native_bf16
-
     log.info("precision: %s%s", precision, " (auto)" if asked == "auto" else "")
     if precision == "fp32" and asked == "fp32" and device.type == "cpu" and native_bf16("cpu"):
         log.info("this CPU runs bf16 matmuls natively: --precision bf16 trains ~2.5x faster "
