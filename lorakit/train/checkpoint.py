@@ -22,7 +22,8 @@ from lorakit.errors import LorakitError
 
 # settings that must match to continue a run (max_steps, eval and save cadence may change)
 RESUME_KEYS = ("model", "method", "rank", "alpha", "targets", "rslora", "dropout", "batch_size", "grad_accum",
-               "max_seq_len", "packing", "mask_prompt", "seed", "lr", "schedule", "warmup", "weight_decay")
+               "max_seq_len", "packing", "mask_prompt", "seed", "lr", "schedule", "warmup", "weight_decay",
+               "precision")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -78,7 +79,8 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
     """Refuse to resume with settings that change what the checkpoint means."""
-    diff = [k for k in RESUME_KEYS if saved.get(k) != current.get(k)]
+    # a key the checkpoint does not record is older than the setting (precision: written since 2026-11-29)
+    diff = [k for k in RESUME_KEYS if k in saved and saved[k] != current.get(k)]
     if diff:
         k = diff[0]
         raise LorakitError(f"{where}: was trained with {k}={saved.get(k)!r}, this run has {k}={current.get(k)!r}"

@@ -131,7 +131,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.schedule, cfg.warmup, max_steps)
 
-    fingerprint = {**cfg.to_dict(), "model": str(cfg.model or "smollm2-135m-instruct")}
+    # the resolved precision: `auto` means fp32 on one chip and bf16 on another
+    fingerprint = {**cfg.to_dict(), "model": str(cfg.model or "smollm2-135m-instruct"), "precision": precision}
     state = LoopState()
     metrics = MetricsLog(out / "metrics.jsonl", cfg.log_every)
     ckpt_root = out / "checkpoints"

@@ -108,6 +108,8 @@ def test_resume_with_other_settings_is_refused(tiny_model_dir, dataset, tmp_path
     run_training(_cfg(tiny_model_dir, dataset, out, max_steps=4, save_every=2))
     with pytest.raises(LorakitError, match=r"was trained with rank=16, this run has rank=8"):
         run_training(_cfg(tiny_model_dir, dataset, out, max_steps=6, rank=8, resume="auto"))
+    with pytest.raises(LorakitError, match=r"was trained with precision='fp32', this run has precision='bf16'"):
+        run_training(_cfg(tiny_model_dir, dataset, out, max_steps=6, precision="bf16", resume="auto"))
 
 
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tiny_model_dir, dataset, tmp_path, monkeypatch):
