@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from lorakit.errors import LorakitError
+from lorakit.train.precision import PRECISIONS
 
 MODEL_HELP = "HF model directory, .gguf file or alias (default: smollm2-135m-instruct)"
 
@@ -58,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--max-eval-tokens", type=int, default=1000, help="scored test tokens per book (default 1000)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    c.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="what every method trains in, as train's --precision (held-out perplexity stays fp32)")
     c.set_defaults(func=cmd_compare)
 
     m = sub.add_parser("merge", help="fold an adapter into its base: a plain transformers model directory",
@@ -124,7 +127,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = run_compare(args.model, args.data, args.out, budget_minutes=args.budget_minutes, steps=args.steps,
                          batch_size=args.batch_size, max_seq_len=args.max_seq_len,
                          max_eval_tokens=args.max_eval_tokens, seed=args.seed, threads=args.threads,
-                         methods=methods)
+                         methods=methods, precision=args.precision)
     base = result["base"]["perplexity"]["overall"]["ppl"]
     print(f"{'method':>10}  {'trainable':>12}  {'%':>7}  {'ppl':>7}  {'wall s':>7}  {'peak MB':>8}  {'size MB':>8}")
     print(f"{'base':>10}  {0:>12,}  {0:>7.3f}  {base:>7.2f}")

@@ -50,12 +50,12 @@ STARTUP_SECONDS = 6.0  # a fresh Python importing torch + transformers, before a
 
 
 def train_settings(m: Method, model_spec: str | None, data_dir: str, out: Path, steps: int, batch_size: int,
-                   max_seq_len: int, seed: int, threads: int | None) -> dict:
+                   max_seq_len: int, seed: int, threads: int | None, precision: str = "fp32") -> dict:
     """TrainConfig fields for method `m` (everything but the method, rank and lr is shared)."""
     return {"model": model_spec, "data": str(data_dir), "out": str(out), "method": m.method, "rank": m.rank,
             "lr": m.lr, "max_steps": steps, "batch_size": batch_size, "max_seq_len": max_seq_len,
             "mask_prompt": True, "warmup": min(10, max(steps // 10, 0)), "seed": seed, "progress": False,
-            "threads": threads, "eval_batches": 1}  # held-out perplexity is measured afterwards, on test
+            "threads": threads, "eval_batches": 1, "precision": precision}  # held-out perplexity is measured afterwards, on test
 
 
 def trainable_counts(model_spec: str | None, m: Method) -> tuple[int, int]:
@@ -103,8 +103,10 @@ def run_worker(spec: dict, run_dir: Path) -> dict:
 def run_compare(model_spec: str | None, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                 budget_minutes: float | None = 10.0, steps: int | None = None, methods: tuple[Method, ...] = METHODS,
                 batch_size: int = 4, max_seq_len: int = 256, max_eval_tokens: int = 1000, seed: int = 0,
-                threads: int | None = None) -> dict:
+                threads: int | None = None, precision: str = "fp32") -> dict:
     """Train every method on the same data for the same steps; writes OUT/compare.json and compare.html.
+
+    `precision`: every method trains in it (`lorakit train --precision`); held-out perplexity is fp32.
 
     steps: fixed step count; otherwise chosen so the whole comparison fits `budget_minutes`.
     Returns the comparison dict (what compare.json holds).
@@ -136,7 +138,7 @@ def run_compare(model_spec: str | None, data_dir: str | os.PathLike, out_dir: st
 
     counts = {m.name: trainable_counts(model_spec, m) for m in methods}
     common = dict(model_spec=model_spec, data_dir=data_dir, batch_size=batch_size, max_seq_len=max_seq_len,
-                  seed=seed, threads=threads)
+                  seed=seed, threads=threads, precision=precision)
     calibration: dict[str, tuple[float, float]] = {}
     if steps is None:
         for m in methods:
@@ -164,7 +166,7 @@ def run_compare(model_spec: str | None, data_dir: str | os.PathLike, out_dir: st
                  measured["train_seconds"], measured["peak_rss_mb"])
     result = {"model": str(model_spec or "smollm2-135m-instruct"), "data": data_dir, "steps": steps,
               "batch_size": batch_size, "max_seq_len": max_seq_len, "budget_minutes": budget_minutes,
-              "base": {"perplexity": base_ppl, "params": next(iter(counts.values()))[1]},
+              "precision": precision, "base": {"perplexity": base_ppl, "params": next(iter(counts.values()))[1]},
               "runs": results, "seconds": time.perf_counter() - started}
     report.write_json(out / "compare.json", result)
     report.write_atomic(out / "compare.html", report.page("lorakit method comparison", compare_section(result, work)))

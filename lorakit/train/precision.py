@@ -14,10 +14,12 @@ import contextlib
 import functools
 import logging
 import time
-
-import torch
+from typing import TYPE_CHECKING
 
 from lorakit.errors import LorakitError
+
+if TYPE_CHECKING:  # torch loads on first use: CLI parsers read PRECISIONS without it
+    import torch
 
 PRECISIONS = ("fp32", "bf16", "auto")
 log = logging.getLogger("lorakit")
@@ -25,6 +27,8 @@ log = logging.getLogger("lorakit")
 
 def gemm_gflops(dtype: torch.dtype, n: int = 256, seconds: float = 0.05) -> float:
     """GFLOP/s of an (n x n) @ (n x n) CPU matmul in `dtype`, timed for about `seconds`."""
+    import torch
+
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b  # first call: kernel selection, page faults
     count, start = 0, time.perf_counter()
@@ -39,6 +43,8 @@ def gemm_gflops(dtype: torch.dtype, n: int = 256, seconds: float = 0.05) -> floa
 @functools.cache
 def native_bf16(device_type: str) -> bool:
     """Does `device_type` run bf16 matmuls at least as fast as fp32? (CPU: measured once, ~0.1 s)."""
+    import torch
+
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device_type == "cpu":
@@ -60,6 +66,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The context a forward pass and its loss run in: autocast to bf16, or nothing for fp32."""
+    import torch
+
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -31,16 +31,19 @@ def compared(tiny_model_dir, prepared, tmp_path_factory):
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["compare", "--model", str(tiny_model_dir), "--data", str(prepared), "--out", str(out),
                               "--steps", "2", "--methods", ",".join(m.name for m in CHOSEN), "--batch-size", "2",
-                              "--max-seq-len", "64", "--max-eval-tokens", "100"])
+                              "--max-seq-len", "64", "--max-eval-tokens", "100", "--precision", "bf16"])
     assert args.func(args) == 0
     return json.loads((out / "compare.json").read_text()), out
 
 
 def test_every_method_trains_the_same_tokens(compared):
-    result, _ = compared
+    result, out = compared
     assert [r["name"] for r in result["runs"]] == [m.name for m in CHOSEN]
     assert {r["steps"] for r in result["runs"]} == {2}
     assert len({r["tokens"] for r in result["runs"]}) == 1  # same batches, same labelled tokens
+    assert result["precision"] == "bf16"  # every method trained as `lorakit train --precision bf16`
+    for m in CHOSEN:
+        assert "precision: bf16" in (out / "runs" / m.name / "train_config.yaml").read_text()
 
 
 def test_trainable_counts(compared, tiny_model_dir):
