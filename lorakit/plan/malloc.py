@@ -51,7 +51,7 @@ def release_free_heap() -> None:
         _MALLOC_TRIM[0](0)
 
 
-def _file_mappings() -> list[tuple[int, int]]:
+def file_mappings() -> list[tuple[int, int]]:
     """Address ranges of this process's file-backed mappings (Linux); empty elsewhere."""
     ranges = []
     try:
@@ -84,6 +84,17 @@ except (AttributeError, OSError):
     _MADVISE = []
 
 
+def file_backed(tensor: torch.Tensor, ranges: list[tuple[int, int]] | None = None) -> bool:
+    """Does `tensor`'s storage lie in a file mapping (a safetensors file transformers mapped)?"""
+    ptr = tensor.untyped_storage().data_ptr()
+    return any(lo <= ptr < hi for lo, hi in (file_mappings() if ranges is None else ranges))
+
+
+def drop_file_pages(tensor: torch.Tensor) -> None:
+    """Drop the resident pages of a frozen, file-backed `tensor` (call once nothing reads it any more)."""
+    _drop_pages(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+
+
 def own_weights(model: torch.nn.Module) -> int:
     """Copy parameters and buffers still backed by the weights file into private memory; returns how many.
 
@@ -93,14 +104,13 @@ def own_weights(model: torch.nn.Module) -> int:
     frozen tensor's old pages are dropped right after its copy, so the copy never holds the
     model twice (it did: a 1.08 GB transient for SmolLM2, the peak of a checkpointed LoRA run).
     """
-    ranges = _file_mappings()
+    ranges = file_mappings()
     copied = 0
     for tensor in [*model.parameters(), *model.buffers()]:
-        ptr = tensor.untyped_storage().data_ptr()
-        if any(lo <= ptr < hi for lo, hi in ranges):
-            old_ptr, nbytes = tensor.data_ptr(), tensor.numel() * tensor.element_size()
+        if file_backed(tensor, ranges):
+            old = tensor.data
             tensor.data = tensor.data.clone()  # same Parameter object: tied weights stay tied
             if not tensor.requires_grad:  # never written, so its file pages are clean: safe to drop
-                _drop_pages(old_ptr, nbytes)
+                drop_file_pages(old)
             copied += 1
     return copied

@@ -71,3 +71,37 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def store_frozen_in_bf16(model: "torch.nn.Module", precision: str, method: str) -> int:
+    """bf16 training of a LoRA adapter: keep the frozen projection weights in bf16; returns how many.
+
+    Autocast would cast them to bf16 on every use, so the GEMMs see the very same values (the same
+    round-to-nearest), bit for bit; holding them so saves the fp32 copies: 371 MB of SmolLM2-135M's
+    peak (2275 -> 1904 MB at 4 x 256 with --compile, same speed). The input embedding and the output
+    head stay fp32 (tied in SmolLM2). Only for `lora`: DoRA's norms read the base weight in fp32 math,
+    head-only saves the whole model, full trains every weight, QLoRA's are quantized already. Pages of
+    a file mapping (transformers maps safetensors) are dropped, or they would stay resident.
+    """
+    import torch
+    from torch import nn
+
+    from lorakit.plan.malloc import drop_file_pages, file_backed, file_mappings
+    from lorakit.train.fuse import FusedBase
+
+    if precision != "bf16" or method != "lora":
+        return 0
+    keep = {id(getattr(m, "weight", None)) for m in (model.get_input_embeddings(), model.get_output_embeddings())}
+    ranges, stored = file_mappings(), 0
+    for module in model.modules():
+        if type(module) is not nn.Linear and not isinstance(module, FusedBase):
+            continue
+        for tensor in (module.weight, module.bias):
+            if (tensor is None or tensor.requires_grad or tensor.dtype != torch.float32 or id(tensor) in keep):
+                continue
+            old = tensor.data
+            tensor.data = old.to(torch.bfloat16)
+            if file_backed(old, ranges):
+                drop_file_pages(old)
+            stored += 1
+    return stored

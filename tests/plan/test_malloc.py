@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from lorakit.models import load_model
-from lorakit.plan.malloc import _file_mappings, own_weights, release_free_heap
+from lorakit.plan.malloc import file_backed, own_weights, release_free_heap
 from tests.train.conftest import tiny_model_dir  # noqa: F401  (fixture)
-
-
-def _in_file(tensor: torch.Tensor) -> bool:
-    ptr = tensor.untyped_storage().data_ptr()
-    return any(lo <= ptr < hi for lo, hi in _file_mappings())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
@@ -23,9 +18,9 @@ def test_own_weights_copies_file_backed_weights_and_keeps_values_and_ties(tiny_m
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         before = model(ids).logits
-    assert any(_in_file(p) for p in model.parameters())  # transformers maps the safetensors file
+    assert any(file_backed(p) for p in model.parameters())  # transformers maps the safetensors file
     assert own_weights(model) > 0
-    assert not any(_in_file(t) for t in [*model.parameters(), *model.buffers()])
+    assert not any(file_backed(t) for t in [*model.parameters(), *model.buffers()])
     assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
     release_free_heap()
     with torch.no_grad():

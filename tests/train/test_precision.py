@@ -82,6 +82,32 @@ def test_lean_layers_stay_bitwise_equal_under_bf16():
         assert torch.equal(grads[name], grads_ref[name]), name
 
 
+def test_frozen_weights_stored_in_bf16_give_bitwise_the_autocast_step():
+    """Autocast casts fp32 weights to bf16 per use; holding them in bf16 feeds the GEMMs the same bits."""
+    from lorakit.train.fuse import fuse_projections
+    from lorakit.train.precision import store_frozen_in_bf16
+
+    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(4))
+    batch = {"input_ids": ids, "labels": shift_labels(ids)}
+    cast, stored = _adapted(), _adapted()
+    for model in (cast, stored):
+        fuse_projections(model)
+    loss_ref, grads_ref = _step(cast, batch, "bf16")
+    assert store_frozen_in_bf16(stored, "fp32", "lora") == 0 and store_frozen_in_bf16(stored, "bf16", "dora") == 0
+    # 2 layers: fused q/k/v and gate/up, o_proj and down_proj
+    assert store_frozen_in_bf16(stored, "bf16", "lora") == 2 * 4
+    loss, grads = _step(stored, batch, "bf16")
+    assert torch.equal(loss, loss_ref)
+    for name in grads_ref:
+        assert torch.equal(grads[name], grads_ref[name]), name
+    kept = {id(stored.get_input_embeddings().weight), id(stored.get_output_embeddings().weight)}
+    for p in stored.parameters():  # trained factors, norms, embedding and head stay fp32
+        if p.requires_grad or p.ndim == 1 or id(p) in kept:
+            assert p.dtype == torch.float32
+        else:
+            assert p.dtype == torch.bfloat16
+
+
 def test_chunked_loss_under_bf16_matches_cross_entropy_of_bf16_logits():
     torch.manual_seed(3)
     head = torch.nn.Linear(16, 50, bias=False)
@@ -113,6 +139,10 @@ def test_a_bf16_run_trains_and_records_its_precision(tiny_model_dir, dataset, tm
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-4, atol=0)
     evals = [r for r in read_metrics(bf16 / "metrics.jsonl") if "eval_loss" in r]
     assert evals and all(torch.isfinite(torch.tensor(r["eval_loss"])) for r in evals)
+    from safetensors.torch import load_file
+
+    saved = load_file(bf16 / "adapter_model.safetensors")  # the base was held in bf16; the adapter is fp32
+    assert saved and all(t.dtype == torch.float32 for t in saved.values())
 
 
 @pytest.mark.parametrize("method", ["dora", "qlora", "full", "head"])
