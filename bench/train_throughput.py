@@ -39,7 +39,7 @@ from lorakit.train.batches import Batches, Sample, load_samples, padded_batch  #
 from lorakit.train.loss import IGNORE  # noqa: E402
 from lorakit.train.methods import speed_and_memory  # noqa: E402
 from lorakit.train.objective import causal_lm_loss  # noqa: E402
-from lorakit.train.precision import autocast  # noqa: E402
+from lorakit.train.precision import autocast, store_frozen_in_bf16  # noqa: E402
 from lorakit.train.run import use_attention  # noqa: E402
 from lorakit.train.progress import peak_rss_mb  # noqa: E402
 
@@ -109,6 +109,7 @@ def build(system: str, adapter_dir: Path, precision: str = "fp32", release_memor
         load_adapter(model, adapter_dir, trainable=True)
         set_trainable(model, "default")
         speed_and_memory(model, **speed)  # as `lorakit train` does (--fuse, --lean-memory; or --compile)
+        store_frozen_in_bf16(model, precision, "lora")  # as `lorakit train --precision bf16` does
         step_loss = lambda b: causal_lm_loss(model, b)  # noqa: E731
     else:
         from peft import PeftModel
