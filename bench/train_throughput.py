@@ -39,7 +39,7 @@ from lorakit.train.batches import Batches, Sample, load_samples, padded_batch  #
 from lorakit.train.loss import IGNORE  # noqa: E402
 from lorakit.train.methods import speed_and_memory  # noqa: E402
 from lorakit.train.objective import causal_lm_loss  # noqa: E402
-from lorakit.train.precision import autocast, store_frozen_in_bf16  # noqa: E402
+from lorakit.train.precision import autocast, frozen_dtype  # noqa: E402
 from lorakit.train.run import use_attention  # noqa: E402
 from lorakit.train.progress import peak_rss_mb  # noqa: E402
 
@@ -108,8 +108,8 @@ def build(system: str, adapter_dir: Path, precision: str = "fp32", release_memor
             use_attention(model, attention)
         load_adapter(model, adapter_dir, trainable=True)
         set_trainable(model, "default")
-        speed_and_memory(model, **speed)  # as `lorakit train` does (--fuse, --lean-memory; or --compile)
-        store_frozen_in_bf16(model, precision, "lora")  # as `lorakit train --precision bf16` does
+        # as `lorakit train` does (--fuse, --lean-memory; or --compile; bf16-held weights under --precision bf16)
+        speed_and_memory(model, frozen_dtype=frozen_dtype(precision, "lora"), **speed)
         step_loss = lambda b: causal_lm_loss(model, b)  # noqa: E731
     else:
         from peft import PeftModel

@@ -55,7 +55,8 @@ def train_settings(m: Method, model_spec: str | None, data_dir: str, out: Path, 
     return {"model": model_spec, "data": str(data_dir), "out": str(out), "method": m.method, "rank": m.rank,
             "lr": m.lr, "max_steps": steps, "batch_size": batch_size, "max_seq_len": max_seq_len,
             "mask_prompt": True, "warmup": min(10, max(steps // 10, 0)), "seed": seed, "progress": False,
-            "threads": threads, "eval_batches": 1, "precision": precision}  # held-out perplexity is measured afterwards, on test
+            # held-out perplexity is measured afterwards, on test
+            "threads": threads, "eval_batches": 1, "precision": precision}
 
 
 def trainable_counts(model_spec: str | None, m: Method) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import yaml
 
 from lorakit.atomic import atomic_write
 from lorakit.errors import LorakitError
-from lorakit.train.precision import PRECISIONS
+from lorakit.train.precision import check_precision
 
 METHODS = ("lora", "dora", "full", "head", "qlora")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -81,8 +81,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise LorakitError(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
-        if self.precision not in PRECISIONS:
-            raise LorakitError(f"--precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if self.schedule not in SCHEDULES:
             raise LorakitError(f"--schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
         for name in ("rank", "batch_size", "grad_accum", "max_seq_len", "loss_chunk"):

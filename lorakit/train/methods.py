@@ -15,6 +15,7 @@ from lorakit.plan.malloc import own_weights
 from lorakit.train.config import TrainConfig
 from lorakit.train.fuse import fuse_projections
 from lorakit.train.lean import lean_layers
+from lorakit.train.precision import store_frozen
 
 
 def lora_config(cfg: TrainConfig) -> LoraConfig:
@@ -59,12 +60,16 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def speed_and_memory(model: nn.Module, *, fuse: bool = True, lean_memory: bool = True,
-                     grad_checkpoint: bool = False, compile: bool = False) -> None:
-    """What --fuse, --lean-memory and --compile do to a prepared model (the trainer and the benchmarks call this).
+                     grad_checkpoint: bool = False, compile: bool = False,
+                     frozen_dtype: torch.dtype | None = None) -> None:
+    """What --fuse, --lean-memory, --compile and --precision do to a prepared model (the trainer and the
+    benchmarks call this).
 
     Lean layers only without checkpointing (which discards those activations anyway). After fusing,
     the weights leave the file mapping; a quantized base (nothing fused) keeps its file-backed
-    embedding, of which only the rows seen are ever read.
+    embedding, of which only the rows seen are ever read. `frozen_dtype` (`precision.frozen_dtype`):
+    the frozen projections are recast after fusing and before the weights leave the file mapping,
+    so no fp32 copy is made only to be dropped.
     `compile` compiles each decoder layer instead of fusing and leaning: fused parts are cached by
     tensor identity and lean layers register recipes through a ContextVar, and dynamo breaks its
     graph at both. Compiled, the layers' pointwise ops fuse and AOTAutograd's partitioner recomputes
@@ -73,15 +78,16 @@ def speed_and_memory(model: nn.Module, *, fuse: bool = True, lean_memory: bool =
     under bf16 autocast, whose casts it fuses: SmolLM2-135M at 4 x 256 on 2 cores, 619-680 tok/s
     compiled vs 565 eager, peak 2.23 vs 2.62 GB (bench/RESULTS.md, round 3).
     """
-    if compile:
-        layers = decoder_layers(model)
-        if not layers:
-            raise LorakitError(f"--compile: {type(model).__name__} names no decoder layer class in "
-                               "_no_split_modules; run without --compile")
-        for layer in layers:
-            layer.compile()
-        return
-    if lean_memory and not grad_checkpoint:
+    layers = decoder_layers(model) if compile else []
+    if compile and not layers:
+        raise LorakitError(f"--compile: {type(model).__name__} names no decoder layer class in "
+                           "_no_split_modules; run without --compile")
+    if not compile and lean_memory and not grad_checkpoint:
         lean_layers(model)
-    if fuse and fuse_projections(model) and lean_memory:
+    fused = not compile and fuse and fuse_projections(model)
+    if frozen_dtype is not None:
+        store_frozen(model, frozen_dtype)
+    for layer in layers:
+        layer.compile()
+    if fused and lean_memory:
         own_weights(model)

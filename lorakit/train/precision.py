@@ -52,11 +52,16 @@ def native_bf16(device_type: str) -> bool:
     return False
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """'fp32' or 'bf16' for `name` in PRECISIONS on `device`; `auto` picks bf16 only where it is native."""
+def check_precision(name: str) -> str:
+    """`name` if it is one of PRECISIONS, else a one-line refusal."""
     if name not in PRECISIONS:
         raise LorakitError(f"--precision {name!r}: use one of {', '.join(PRECISIONS)}")
-    if name == "auto":
+    return name
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """'fp32' or 'bf16' for `name` in PRECISIONS on `device`; `auto` picks bf16 only where it is native."""
+    if check_precision(name) == "auto":
         return "bf16" if native_bf16(device.type) else "fp32"
     if name == "bf16" and not native_bf16(device.type):
         log.warning("--precision bf16: this %s has no fast bf16 matmul (bf16 ran slower than fp32 in a probe); "
@@ -73,15 +78,25 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def store_frozen_in_bf16(model: "torch.nn.Module", precision: str, method: str) -> int:
-    """bf16 training of a LoRA adapter: keep the frozen projection weights in bf16; returns how many.
+def frozen_dtype(precision: str, method: str) -> "torch.dtype | None":
+    """The dtype a run holds its frozen projection weights in: bf16 for a bf16 LoRA run, else as loaded.
 
     Autocast would cast them to bf16 on every use, so the GEMMs see the very same values (the same
     round-to-nearest), bit for bit; holding them so saves the fp32 copies: 371 MB of SmolLM2-135M's
-    peak (2275 -> 1904 MB at 4 x 256 with --compile, same speed). The input embedding and the output
-    head stay fp32 (tied in SmolLM2). Only for `lora`: DoRA's norms read the base weight in fp32 math,
-    head-only saves the whole model, full trains every weight, QLoRA's are quantized already. Pages of
-    a file mapping (transformers maps safetensors) are dropped, or they would stay resident.
+    peak (2275 -> 1904 MB at 4 x 256 with --compile, same speed). Only for `lora`: DoRA's norms read
+    the base weight in fp32 math, head-only saves the whole model, full trains every weight, QLoRA's
+    are quantized already.
+    """
+    import torch
+
+    return torch.bfloat16 if precision == "bf16" and method == "lora" else None
+
+
+def store_frozen(model: "torch.nn.Module", dtype: "torch.dtype") -> int:
+    """Recast the frozen fp32 weights and biases of plain and fused linear layers to `dtype`; returns how many.
+
+    The input embedding and the output head stay as they are (tied in SmolLM2). Pages of a file
+    mapping (transformers maps safetensors) are dropped, or they would stay resident.
     """
     import torch
     from torch import nn
@@ -89,18 +104,16 @@ def store_frozen_in_bf16(model: "torch.nn.Module", precision: str, method: str) 
     from lorakit.plan.malloc import drop_file_pages, file_backed, file_mappings
     from lorakit.train.fuse import FusedBase
 
-    if precision != "bf16" or method != "lora":
-        return 0
     keep = {id(getattr(m, "weight", None)) for m in (model.get_input_embeddings(), model.get_output_embeddings())}
     ranges, stored = file_mappings(), 0
     for module in model.modules():
         if type(module) is not nn.Linear and not isinstance(module, FusedBase):
             continue
         for tensor in (module.weight, module.bias):
-            if (tensor is None or tensor.requires_grad or tensor.dtype != torch.float32 or id(tensor) in keep):
+            if tensor is None or tensor.requires_grad or tensor.dtype != torch.float32 or id(tensor) in keep:
                 continue
             old = tensor.data
-            tensor.data = old.to(torch.bfloat16)
+            tensor.data = old.to(dtype)
             if file_backed(old, ranges):
                 drop_file_pages(old)
             stored += 1

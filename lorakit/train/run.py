@@ -24,7 +24,7 @@ from lorakit.train.lean import restore_layers
 from lorakit.train.loop import Hooks, LoopState, train_loop
 from lorakit.train.methods import prepare_model, speed_and_memory
 from lorakit.train.objective import causal_lm_loss, evaluate
-from lorakit.train.precision import autocast, native_bf16, resolve_precision, store_frozen_in_bf16
+from lorakit.train.precision import autocast, frozen_dtype, native_bf16, resolve_precision
 from lorakit.train.progress import MetricsLog, ProgressBar, plot_loss
 from lorakit.train.schedule import make_scheduler
 
@@ -125,8 +125,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.per_epoch() / cfg.grad_accum))
     prepare_model(model, cfg)
     speed_and_memory(model, fuse=cfg.fuse, lean_memory=cfg.lean_memory, grad_checkpoint=cfg.grad_checkpoint,
-                     compile=cfg.compile)
-    store_frozen_in_bf16(model, precision, cfg.method)
+                     compile=cfg.compile, frozen_dtype=frozen_dtype(precision, cfg.method))
     _print_plan(cfg, dist.rank)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
