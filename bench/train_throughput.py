@@ -110,7 +110,7 @@ def build(system: str, adapter_dir: Path, precision: str = "fp32", release_memor
         set_trainable(model, "default")
         # as `lorakit train` does (--fuse, --lean-memory; or --compile; bf16-held weights under --precision bf16)
         speed_and_memory(model, frozen_dtype=frozen_dtype(precision, "lora"), **speed)
-        step_loss = lambda b: causal_lm_loss(model, b)  # noqa: E731
+        step_loss = lambda b: causal_lm_loss(model, b, compiled=speed.get("compile", False))  # noqa: E731
     else:
         from peft import PeftModel
 

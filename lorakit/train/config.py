@@ -73,9 +73,11 @@ class TrainConfig:
     precision: str = _f("fp32", "fp32 | bf16 | auto: bf16 mixed precision (bf16 GEMMs; adapter weights, optimizer and "
                                 "loss in fp32) is ~2.5x faster where the chip runs bf16 natively (AVX512-BF16/AMX, "
                                 "recent GPUs) and ~400x slower where it does not; auto measures and picks")
-    attention: str | None = _f(None, "transformers' attention implementation, e.g. eager or sdpa (default: the "
-                                     "model's own, sdpa where supported); eager with --precision bf16 --compile: "
-                                     "875 vs 619-680 tok/s at 4 x 256, +340 MB (it keeps T x T probabilities)")
+    attention: str | None = _f(None, "attention implementation: transformers' (eager, sdpa, ...) or "
+                                     "eager_recompute (eager's values, its T x T probabilities recomputed in "
+                                     "backward, not kept); default: the model's own, sdpa where supported. With "
+                                     "--precision bf16 --compile, eager_recompute: 880 vs 762 tok/s (sdpa) at "
+                                     "4 x 256, same memory; eager keeps the probabilities: +340 MB")
     progress: bool = _f(True, "live progress bar")
 
     def __post_init__(self) -> None:

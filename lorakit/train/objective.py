@@ -24,17 +24,20 @@ def _head_with_weight(model: nn.Module) -> nn.Module | None:
     return head if isinstance(getattr(head, "weight", None), torch.Tensor) else None
 
 
-def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = 1024) -> tuple[torch.Tensor, int]:
+def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = 1024,
+                   compiled: bool = False) -> tuple[torch.Tensor, int]:
     """``(sum of token losses, number of labelled tokens)`` for one batch.
 
     batch: ``input_ids`` (B, T), ``labels`` (B, T) already shifted, optional ``position_ids``.
-    Activations registered for recomputation (`lorakit.train.lean`) are not stored.
+    Activations registered for recomputation (`lorakit.train.lean`) are not stored. `compiled`
+    (--compile): the loss's softmax runs as a compiled kernel.
     """
     with recomputing():
-        return _causal_lm_loss(model, batch, chunk)
+        return _causal_lm_loss(model, batch, chunk, compiled)
 
 
-def _causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int) -> tuple[torch.Tensor, int]:
+def _causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int,
+                    compiled: bool) -> tuple[torch.Tensor, int]:
     labels = batch["labels"]
     inputs = {"input_ids": batch["input_ids"]}
     if "position_ids" in batch:
@@ -43,7 +46,7 @@ def _causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int
     if getattr(model.config, "model_type", None) in PLAIN_HEAD and head is not None:
         hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
         softcap = getattr(model.config, "final_logit_softcapping", None)
-        return chunked_cross_entropy(hidden, head, labels, chunk=chunk, softcap=softcap)
+        return chunked_cross_entropy(hidden, head, labels, chunk=chunk, softcap=softcap, compiled=compiled)
     logits = model(**inputs, use_cache=False).logits  # other architectures: the plain path
     n = int((labels != IGNORE).sum())
     loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
@@ -51,13 +54,14 @@ def _causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, n_batches: int, chunk: int = 1024) -> dict[str, float]:
+def evaluate(model: nn.Module, batches, n_batches: int, chunk: int = 1024,
+             compiled: bool = False) -> dict[str, float]:
     """Mean token loss and perplexity over `n_batches` batches (model put back in its mode)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for _ in range(n_batches):
-        loss, n = causal_lm_loss(model, next(batches), chunk)
+        loss, n = causal_lm_loss(model, next(batches), chunk, compiled)
         total, count = total + float(loss), count + n
     model.train(was_training)
     mean = total / max(count, 1)

@@ -85,7 +85,11 @@ def load_base(cfg: TrainConfig, device: torch.device):
 
 
 def use_attention(model: nn.Module, name: str) -> None:
-    """Switch the model's attention implementation (transformers' names: eager, sdpa, ...)."""
+    """Switch the model's attention implementation (transformers' names: eager, sdpa, ...; and
+    lorakit's `eager_recompute`, see `lorakit.train.attention`)."""
+    from lorakit.train.attention import register
+
+    register()
     try:
         model.set_attn_implementation(name)
     except (ValueError, ImportError) as exc:
@@ -154,7 +158,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                                 row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt)
         n = min(cfg.eval_batches, valid_batches.per_epoch())
         with autocast(precision, device):
-            return evaluate(model, valid_batches, n, cfg.loss_chunk)
+            return evaluate(model, valid_batches, n, cfg.loss_chunk, cfg.compile)
 
     def do_save(step: int) -> None:
         if dist.rank == 0:
@@ -179,7 +183,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
     def loss_fn(m: nn.Module, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         with autocast(precision, device):  # backward runs outside it, as autocast asks
-            return causal_lm_loss(m, b, cfg.loss_chunk)
+            return causal_lm_loss(m, b, cfg.loss_chunk, cfg.compile)
 
     train_loop(model, batches, loss_fn, optimizer, scheduler, max_steps=max_steps, grad_accum=cfg.grad_accum,
                max_grad_norm=cfg.max_grad_norm, eval_every=cfg.eval_every, save_every=cfg.save_every,

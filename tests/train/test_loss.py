@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from lorakit.train.batches import Sample, packed_batch, padded_batch
 from lorakit.train.loss import IGNORE, chunked_cross_entropy, shift_labels
 from lorakit.train.objective import causal_lm_loss
+from lorakit.train.run import use_attention
 from tests.conftest import tiny_model
 
 
@@ -51,11 +52,11 @@ def test_masked_positions_get_exactly_zero_gradient():
     assert (hidden.grad[0, 2:7].abs().sum(-1) > 0).all()
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # `lorakit train --attention`
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "eager_recompute"])  # `lorakit train --attention`
 @pytest.mark.parametrize("mask_prompt", [False, True])
 def test_packing_gives_the_same_per_sample_loss(mask_prompt, attention):
     model = tiny_model("llama")
-    model.set_attn_implementation(attention)
+    use_attention(model, attention)
     g = torch.Generator().manual_seed(0)
     samples = [Sample(torch.randint(1, 96, (n,), generator=g).tolist(), p) for n, p in ((7, 2), (12, 3), (5, 0))]
     packed_loss, packed_n = causal_lm_loss(model, packed_batch([samples], pad_id=0, mask_prompt=mask_prompt))

@@ -108,22 +108,29 @@ def test_frozen_weights_stored_in_bf16_give_bitwise_the_autocast_step():
             assert p.dtype == torch.bfloat16
 
 
-def test_chunked_loss_under_bf16_matches_cross_entropy_of_bf16_logits():
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("compiled", [False, True])  # --compile: softmax and gradient as one compiled kernel
+def test_chunked_loss_under_bf16_matches_cross_entropy_of_bf16_logits(compiled, softcap):
     torch.manual_seed(3)
     head = torch.nn.Linear(16, 50, bias=False)
     hidden = torch.randn(2, 7, 16, requires_grad=True)
     labels = torch.randint(0, 50, (2, 7))
     labels[0, :3] = IGNORE
     with autocast("bf16", CPU):
-        total, n = chunked_cross_entropy(hidden, head, labels, chunk=4)
+        with torch.no_grad():  # evaluation: the loss alone
+            loss_only, _ = chunked_cross_entropy(hidden, head, labels, chunk=4, softcap=softcap, compiled=compiled)
+        total, n = chunked_cross_entropy(hidden, head, labels, chunk=4, softcap=softcap, compiled=compiled)
     total.backward()
     got = hidden.grad.clone()
     hidden.grad = None
     logits = F.linear(hidden.bfloat16(), head.weight.bfloat16()).float()  # what the chunks compute
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
     ref = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
     ref.backward()
     assert n == int((labels != IGNORE).sum())
     torch.testing.assert_close(total, ref, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(loss_only, total, rtol=1e-6, atol=0)
     torch.testing.assert_close(got, hidden.grad)  # measured: equal
 
 
