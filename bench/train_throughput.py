@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lorakit.adapters import LoraConfig, add_adapter, save_adapter, set_trainable  # noqa: E402
 from lorakit.models import load_model  # noqa: E402
 from lorakit.plan.malloc import lean_malloc, release_free_heap  # noqa: E402
+from lorakit.train.attention import default_attention  # noqa: E402
 from lorakit.train.batches import Batches, Sample, load_samples, padded_batch  # noqa: E402
 from lorakit.train.loss import IGNORE  # noqa: E402
 from lorakit.train.methods import speed_and_memory  # noqa: E402
@@ -104,7 +105,8 @@ def build(system: str, adapter_dir: Path, precision: str = "fp32", release_memor
     if system == "lorakit":
         from lorakit.adapters import load_adapter
 
-        if attention:
+        attention = attention or default_attention(precision, speed.get("compile", False), torch.device("cpu"))
+        if attention:  # as `lorakit train` picks it
             use_attention(model, attention)
         load_adapter(model, adapter_dir, trainable=True)
         set_trainable(model, "default")
@@ -166,15 +168,17 @@ def worker(system: str, args: argparse.Namespace, adapter_dir: Path) -> dict:
         packed, padded = dataset_batches(args.steps, args.data)
         batches = packed if system == "lorakit" else with_padding_mask(padded)
     if system == "lorakit":
-        _, step = build(system, adapter_dir, args.precision, args.release_memory, args.attention, compile=args.compile)
+        model, step = build(system, adapter_dir, args.precision, args.release_memory, args.attention,
+                            compile=args.compile)
     else:
-        _, step = build(system, adapter_dir, args.peft_precision)
+        model, step = build(system, adapter_dir, args.peft_precision)
     rows = []
     for b in batches:
         start = time.perf_counter()
         loss, n = step(b)
         rows.append((time.perf_counter() - start, n, loss))
-    return {"system": system, "steps": rows, "peak_rss_mb": peak_rss_mb()}
+    return {"system": system, "steps": rows, "peak_rss_mb": peak_rss_mb(),
+            "attention": model.config._attn_implementation}
 
 
 def summarise(run: dict, fpt: float, peak: float) -> dict:
@@ -193,7 +197,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="lorakit runs as `lorakit train --compile`")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="lorakit's --precision")
     ap.add_argument("--release-memory", action="store_true", help="lorakit runs with --release-memory")
-    ap.add_argument("--attention", default=None, help="lorakit's --attention (e.g. eager)")
+    ap.add_argument("--attention", default=None,
+                    help="lorakit's --attention (e.g. eager, eager_recompute; default: the trainer's choice)")
     ap.add_argument("--peft-precision", choices=["fp32", "bf16"], default="fp32",
                     help="bf16: PEFT + transformers under bf16 autocast (the HF Trainer's bf16=True)")
     ap.add_argument("--worker", choices=["lorakit", "peft"], help=argparse.SUPPRESS)
@@ -224,9 +229,9 @@ def main() -> None:
     peak = max(peak, matmul_peak_gflops())  # again after the run: background load can spoil one reading
     result = {"case": args.case, "steps": args.steps, "lorakit": {"precision": args.precision, "compile": args.compile,
                                                                    "release_memory": args.release_memory,
-                                                                   "attention": args.attention},
-              "peft": {"precision": args.peft_precision}, "matmul_peak_gflops": {"fp32": round(peak, 1),
-                                                                                  "bf16": round(peak_bf16, 1)},
+                                                                   "attention": runs["lorakit"]["attention"]},
+              "peft": {"precision": args.peft_precision, "attention": runs["peft"]["attention"]},
+              "matmul_peak_gflops": {"fp32": round(peak, 1), "bf16": round(peak_bf16, 1)},
               "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     for name, run in runs.items():
         result[name].update(summarise(run, fpt, peak))

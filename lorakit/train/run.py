@@ -16,6 +16,7 @@ from lorakit.adapters import save_adapter
 from lorakit.errors import LorakitError
 from lorakit.plan.malloc import lean_malloc, release_free_heap
 from lorakit.train import distributed
+from lorakit.train.attention import default_attention, register_attention
 from lorakit.train.batches import Batches, load_samples
 from lorakit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lorakit.train.config import TrainConfig
@@ -87,9 +88,7 @@ def load_base(cfg: TrainConfig, device: torch.device):
 def use_attention(model: nn.Module, name: str) -> None:
     """Switch the model's attention implementation (transformers' names: eager, sdpa, ...; and
     lorakit's `eager_recompute`, see `lorakit.train.attention`)."""
-    from lorakit.train.attention import register
-
-    register()
+    register_attention()
     try:
         model.set_attn_implementation(name)
     except (ValueError, ImportError) as exc:
@@ -120,8 +119,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     if dist.rank == 0:
         _precision_hint(cfg.precision, precision, device)
     model, tokenizer = load_base(cfg, device)
-    if cfg.attention:
-        use_attention(model, cfg.attention)
+    attention = cfg.attention or default_attention(precision, cfg.compile, device, cfg.grad_checkpoint)
+    if attention:
+        use_attention(model, attention)
     train, valid, data_stats = load_data(cfg, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = Batches(train, cfg.batch_size, seed=cfg.seed, pad_id=pad_id, packing=cfg.packing,
@@ -189,7 +189,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                max_grad_norm=cfg.max_grad_norm, eval_every=cfg.eval_every, save_every=cfg.save_every,
                hooks=hooks, state=state)
     summary = {"steps": state.step, "tokens": state.tokens, "best_eval_loss": state.best_eval, "threads": threads,
-               "device": str(device), "precision": precision, "world_size": dist.world, **data_stats}
+               "device": str(device), "precision": precision,
+               "attention": model.config._attn_implementation, "world_size": dist.world, **data_stats}
     if dist.rank == 0:
         unfuse_projections(model)
         restore_layers(model)
