@@ -201,6 +201,8 @@ def main() -> None:
                     help="lorakit's --attention (e.g. eager, eager_recompute; default: the trainer's choice)")
     ap.add_argument("--peft-precision", choices=["fp32", "bf16"], default="fp32",
                     help="bf16: PEFT + transformers under bf16 autocast (the HF Trainer's bf16=True)")
+    ap.add_argument("--only", choices=["lorakit", "peft"],
+                    help="run one system (to compare lorakit's own settings; no ratio is printed)")
     ap.add_argument("--worker", choices=["lorakit", "peft"], help=argparse.SUPPRESS)
     ap.add_argument("--adapter", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -219,7 +221,7 @@ def main() -> None:
     del model_for_flops
 
     runs = {}
-    for system in ("lorakit", "peft"):  # one after the other, each alone in a fresh process
+    for system in [args.only] if args.only else ["lorakit", "peft"]:  # one after the other, each alone
         cmd = [sys.executable, __file__, "--worker", system, "--adapter", str(adapter_dir)] + sys.argv[1:]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         if out.returncode:
@@ -227,14 +229,16 @@ def main() -> None:
         runs[system] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{system}: " + " ".join(f"{n / t:.0f}" for t, n, _ in runs[system]["steps"]) + " tok/s", flush=True)
     peak = max(peak, matmul_peak_gflops())  # again after the run: background load can spoil one reading
-    result = {"case": args.case, "steps": args.steps, "lorakit": {"precision": args.precision, "compile": args.compile,
-                                                                   "release_memory": args.release_memory,
-                                                                   "attention": runs["lorakit"]["attention"]},
-              "peft": {"precision": args.peft_precision, "attention": runs["peft"]["attention"]},
+    settings = {"lorakit": {"precision": args.precision, "compile": args.compile, "release_memory": args.release_memory},
+                "peft": {"precision": args.peft_precision}}
+    result = {"case": args.case, "steps": args.steps,
+              **{name: {**settings[name], "attention": run["attention"], **summarise(run, fpt, peak)}
+                 for name, run in runs.items()},
               "matmul_peak_gflops": {"fp32": round(peak, 1), "bf16": round(peak_bf16, 1)},
               "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
-    for name, run in runs.items():
-        result[name].update(summarise(run, fpt, peak))
+    if args.only:
+        print(json.dumps(result, indent=1))
+        return
     result["speedup"] = round(result["lorakit"]["tokens_per_s"] / result["peft"]["tokens_per_s"], 2)
     result["memory_ratio"] = round(result["lorakit"]["peak_rss_mb"] / result["peft"]["peak_rss_mb"], 2)
     result["loss_gap"] = round(abs(result["lorakit"]["final_loss"] - result["peft"]["final_loss"])

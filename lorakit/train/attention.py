@@ -4,10 +4,10 @@
 recomputed in backward instead of saved. Eager attention's matmuls beat the sdpa CPU kernel
 under bf16 (15 ms per layer forward + backward for sdpa at 4 x 256 on 2 cores, bf16 or fp32; 4.8 ms
 for compiled eager), but saving its probabilities costs batch x heads x T x T floats per layer
-(+340 MB for SmolLM2-135M at 4 x 256; 4.5 GB at the prepared Gutenberg set's longest rows).
-Recomputing them repeats the cheapest part of the layer once more in backward and keeps memory
-at sdpa's level. Values are those of `eager`: the same function runs, only what autograd keeps
-differs.
+(SmolLM2-135M peak RSS: +340 MB at 4 x 256; 3.93 vs 2.97 GB at 4 packed rows of 512).
+Recomputing them repeats the attention forward once more in backward and keeps memory at sdpa's
+level; the price grows with the row length (4 x 512: 529 vs 636 tok/s for eager). Values are
+those of `eager`: the same function runs, only what autograd keeps differs.
 """
 
 from __future__ import annotations
@@ -50,9 +50,10 @@ def default_attention(precision: str, compile: bool, device: torch.device, grad_
     """The attention a run uses when --attention is not given: `eager_recompute` for compiled bf16
     training on a CPU, else None (the model's own, sdpa where supported).
 
-    Measured, SmolLM2-135M LoRA r=16 at 4 x 256 on 2 cores (tok/s, peak RSS): compiled bf16,
-    sdpa 669 / 1756 MB vs eager_recompute 937 / 1762 MB; compiled fp32, sdpa 288 vs 267; bf16
-    without compile, sdpa 620 vs 609 (bench/RESULTS.md, round 4). GPUs have fused sdpa kernels;
+    Measured, SmolLM2-135M LoRA r=16 at 4 x 256 on 2 cores (tok/s over 4 runs, peak RSS): compiled
+    bf16, sdpa 669-770 / 1.75 GB vs eager_recompute 763-937 / 1.76 GB (medians 725 vs 851);
+    compiled fp32, sdpa 271-288 vs 258-267; bf16 without compile, sdpa 620-628 vs 609-615
+    (bench/RESULTS.md, round 4). GPUs have fused sdpa kernels;
     with --grad-checkpoint the whole layer is recomputed already.
     """
     if compile and precision == "bf16" and device.type == "cpu" and not grad_checkpoint:

@@ -76,7 +76,7 @@ class TrainConfig:
     attention: str | None = _f(None, "attention implementation: transformers' (eager, sdpa, ...) or "
                                      "eager_recompute (eager's values, its T x T probabilities recomputed in "
                                      "backward, not kept). Default: eager_recompute for --compile with bf16 on a "
-                                     "CPU (937 vs 669 tok/s for sdpa at 4 x 256, same memory), else the model's "
+                                     "CPU (median 851 vs 725 tok/s for sdpa at 4 x 256, same memory), else the model's "
                                      "own (sdpa where supported). eager keeps the probabilities: faster on long "
                                      "rows (+20% at 512), +340 MB at 4 x 256")
     progress: bool = _f(True, "live progress bar")

@@ -50,30 +50,11 @@ class _ChunkedLinearCE(torch.autograd.Function):
             stop = min(start + chunk, hidden.shape[0])
             h = hidden[start:stop].to(w.dtype)
             raw = F.linear(h, w, b)
-            tanh = None
-            if fused is None:
-                raw = raw.float()  # no copy when computing in fp32
-                if softcap is not None:
-                    tanh = torch.tanh(raw / softcap)
-                    raw = tanh * softcap
-            if fused is not None:
-                loss, grad = fused(raw, targets[start:stop], softcap, want_h or want_w or want_b)
-                total += loss
-                if grad is None:
-                    continue
-            else:
-                picked = raw.gather(1, targets[start:stop, None])[:, 0]
-                top = raw.amax(dim=-1)
-                # softmax and log-sum-exp in place: no (chunk, V) temporaries beyond this buffer
-                probs = raw.sub_(top[:, None]).exp_()
-                norm = probs.sum(-1)
-                total += (norm.log() + top - picked).sum()
-                if not (want_h or want_w or want_b):
-                    continue
-                grad = probs.div_(norm[:, None])  # d CE / d logits = softmax - onehot
-                grad[torch.arange(stop - start), targets[start:stop]] -= 1.0
-                if tanh is not None:
-                    grad *= 1 - tanh * tanh  # d(c tanh(z/c))/dz
+            softmax_and_grad = fused or _softmax_ce_in_place
+            loss, grad = softmax_and_grad(raw, targets[start:stop], softcap, want_h or want_w or want_b)
+            total += loss
+            if grad is None:
+                continue
             grad = grad.to(w.dtype)  # bf16 GEMMs take a bf16 gradient; no copy in fp32
             if want_h:
                 if grad_h.dtype == grad.dtype:  # straight into the gradient buffer
@@ -98,13 +79,36 @@ class _ChunkedLinearCE(torch.autograd.Function):
         return (*scaled, None, None, None, None, None)
 
 
+def _softmax_ce_in_place(raw: torch.Tensor, targets: torch.Tensor, softcap: float | None,
+                         want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`softmax_ce` eagerly, in one fp32 (N, V) buffer: raw's own when it is fp32 (overwritten)."""
+    raw = raw.float()  # no copy when computing in fp32
+    tanh = None
+    if softcap is not None:
+        tanh = torch.tanh(raw / softcap)
+        raw = tanh * softcap
+    picked = raw.gather(1, targets[:, None])[:, 0]
+    top = raw.amax(dim=-1)
+    # softmax and log-sum-exp in place: no (chunk, V) temporaries beyond this buffer
+    probs = raw.sub_(top[:, None]).exp_()
+    norm = probs.sum(-1)
+    loss = (norm.log() + top - picked).sum()
+    if not want_grad:
+        return loss, None
+    grad = probs.div_(norm[:, None])  # d CE / d logits = softmax - onehot
+    grad[torch.arange(len(targets)), targets] -= 1.0
+    if tanh is not None:
+        grad *= 1 - tanh * tanh  # d(c tanh(z/c))/dz
+    return loss, grad
+
+
 def softmax_ce(raw: torch.Tensor, targets: torch.Tensor, softcap: float | None,
                want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Summed CE of one chunk of logits and its gradient: raw (N, V) in the GEMM's dtype, targets (N,).
 
     Returns ``(loss, d loss / d raw)``, the gradient in raw's dtype (None unless `want_grad`).
     Written out of place for torch.compile (`compiled_softmax_ce`), which fuses it into a few passes
-    over the chunk; eagerly, the in-place steps of `_ChunkedLinearCE._run` are leaner.
+    over the chunk; eagerly, `_softmax_ce_in_place` is leaner.
     """
     z = raw.float()
     tanh = None
