@@ -35,13 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lorakit.adapters import LoraConfig, add_adapter, save_adapter, set_trainable  # noqa: E402
 from lorakit.models import load_model  # noqa: E402
 from lorakit.plan.malloc import lean_malloc, release_free_heap  # noqa: E402
-from lorakit.train.attention import default_attention  # noqa: E402
+from lorakit.train.attention import default_attention, use_attention  # noqa: E402
 from lorakit.train.batches import Batches, Sample, load_samples, padded_batch  # noqa: E402
 from lorakit.train.loss import IGNORE  # noqa: E402
 from lorakit.train.methods import speed_and_memory  # noqa: E402
 from lorakit.train.objective import causal_lm_loss  # noqa: E402
 from lorakit.train.precision import autocast, frozen_dtype  # noqa: E402
-from lorakit.train.run import use_attention  # noqa: E402
 from lorakit.train.progress import peak_rss_mb  # noqa: E402
 
 LR, RANK, ALPHA = 1e-4, 16, 32

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lorakit.errors import LorakitError
+
 RECOMPUTE = "eager_recompute"
 
 
@@ -69,3 +71,14 @@ def register_attention() -> None:
     AttentionInterface.register(RECOMPUTE, eager_recompute)
     # the mask must be eager's: transformers builds none for a name without a mask function
     AttentionMaskInterface.register(RECOMPUTE, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+
+
+def use_attention(model: nn.Module, name: str) -> None:
+    """Switch the model's attention implementation: transformers' names (eager, sdpa, ...) or
+    `eager_recompute`; a name the model cannot use is refused with one line."""
+    register_attention()  # idempotent
+    try:
+        model.set_attn_implementation(name)
+    except (ValueError, ImportError) as exc:
+        raise LorakitError(f"--attention {name}: {type(model).__name__} cannot use it ({exc}); "
+                           "leave --attention unset for the model's default") from None

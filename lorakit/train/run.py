@@ -16,7 +16,7 @@ from lorakit.adapters import save_adapter
 from lorakit.errors import LorakitError
 from lorakit.plan.malloc import lean_malloc, release_free_heap
 from lorakit.train import distributed
-from lorakit.train.attention import default_attention, register_attention
+from lorakit.train.attention import default_attention, use_attention
 from lorakit.train.batches import Batches, load_samples
 from lorakit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lorakit.train.config import TrainConfig
@@ -83,17 +83,6 @@ def load_base(cfg: TrainConfig, device: torch.device):
 
         return load_base_model(cfg.model, "nf4", device=device)
     return load_model(cfg.model, device=device)
-
-
-def use_attention(model: nn.Module, name: str) -> None:
-    """Switch the model's attention implementation (transformers' names: eager, sdpa, ...; and
-    lorakit's `eager_recompute`, see `lorakit.train.attention`)."""
-    register_attention()
-    try:
-        model.set_attn_implementation(name)
-    except (ValueError, ImportError) as exc:
-        raise LorakitError(f"--attention {name}: {type(model).__name__} cannot use it ({exc}); "
-                           "leave --attention unset for the model's default") from None
 
 
 def save_final(model: nn.Module, tokenizer, cfg: TrainConfig, out: Path) -> None:

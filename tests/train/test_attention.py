@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorakit.train.run import use_attention
+from lorakit.train.attention import use_attention
 from tests.conftest import tiny_inputs, tiny_model
 
 ARCHS = ["llama", "qwen2", "mistral", "gemma", "gemma3", "phi3"]

@@ -134,6 +134,28 @@ def test_chunked_loss_under_bf16_matches_cross_entropy_of_bf16_logits(compiled, 
     torch.testing.assert_close(got, hidden.grad)  # measured: equal
 
 
+def test_bf16_loss_follows_a_frozen_head_changed_in_place():
+    """The bf16 copy of a frozen head is reused between steps, but never once the head has changed."""
+    torch.manual_seed(4)
+    head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
+    hidden = torch.randn(2, 7, 16)
+    labels = torch.randint(0, 50, (2, 7))
+
+    def loss() -> float:
+        with autocast("bf16", CPU):
+            return chunked_cross_entropy(hidden, head, labels)[0].item()
+
+    before = loss()
+    assert loss() == before
+    with torch.no_grad():
+        head.weight.mul_(1.5)  # e.g. an adapter merged into it
+    fresh = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
+    fresh.weight.data = head.weight.detach().clone()
+    with autocast("bf16", CPU):
+        expected = chunked_cross_entropy(hidden, fresh, labels)[0].item()
+    assert loss() == expected != before
+
+
 def test_a_bf16_run_trains_and_records_its_precision(tiny_model_dir, dataset, tmp_path):
     common = dict(max_steps=6, packing=True, mask_prompt=True, max_seq_len=128)
     fp32, bf16 = tmp_path / "fp32", tmp_path / "bf16"
