@@ -15,6 +15,7 @@ as PEFT files), the same requests in every scenario, each generating exactly --t
            returned (counted from the load's start) beside one on an adapter loaded before
 
 Usage: .venv/bin/python bench/serve_throughput.py [--requests 16] [--tokens 48] [--repeat 2] [--loads 3]
+       [--precision fp32|bf16]
 """
 
 from __future__ import annotations
@@ -150,9 +151,14 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2, help="runs per scenario; the best is reported")
     ap.add_argument("--loads", type=int, default=3, help="hot loads during the hot-load run")
     ap.add_argument("--threads", type=int, default=None, help="engine worker threads (default: Engine's choice)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: base weights and KV cache in bf16, adapters fp32 (`--precision bf16` of `lorakit "
+                         "serve`); the baseline runs on the same bf16 model")
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model, tok = load_model()
+    if args.precision == "bf16":
+        model.to(torch.bfloat16)  # before the adapters load: they keep fp32 factors, as in `lorakit serve`
     with tempfile.TemporaryDirectory() as tmp:
         names = make_adapters(model, Path(tmp), args.adapters, args.rank)
         prompts = [encode_chat(tok, [{"role": "user", "content": f"Write a short poem about {TOPICS[i % len(TOPICS)]}."}])
@@ -181,7 +187,7 @@ def main() -> int:
                 print(f"  (baseline with {threads} thread(s): {res['tok_s']:.1f} tok/s)", flush=True)
                 if "swap" not in best or res["tok_s"] > best["swap"]["tok_s"]:
                     best["swap"] = {**res, "threads": threads}
-    print(f"requests={args.requests} tokens={args.tokens} adapters={args.adapters} r={args.rank} "
+    print(f"precision={args.precision} requests={args.requests} tokens={args.tokens} adapters={args.adapters} r={args.rank} "
           f"threads: engine {engine.threads}, baseline {best['swap']['threads']} (its best of 1 and 2)")
     for label in ("single", "mixed", "swap"):
         r = best[label]

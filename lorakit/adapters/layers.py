@@ -307,7 +307,8 @@ class LoraLinear(LoraLayer):
             # plain LoRA: result + (s * A(drop(x))) @ B^T as one addmm (no (.., out) temporaries)
             A, B = self.lora_A[name], self.lora_B[name]
             h = A(self.lora_dropout[name](x.to(A.weight.dtype))) * self.scaling[name]
-            result = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]),
+            # a bf16 base's output joins the fp32 factors' addmm in fp32 (cast back below); no copy in fp32
+            result = torch.addmm(result.reshape(-1, result.shape[-1]).to(h.dtype), h.reshape(-1, h.shape[-1]),
                                  B.weight.T).view(result.shape)
         return result.to(out_dtype)
 

@@ -23,6 +23,15 @@ def _quantize_arg(p: argparse.ArgumentParser) -> None:
                         "runs in fp32 (less memory, slower: weights are dequantized on the fly). Default none")
 
 
+def _precision_arg(p: argparse.ArgumentParser) -> None:
+    from lorakit.train.precision import PRECISIONS
+
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="bf16: the base's weights and KV cache in bf16 (adapters stay fp32), for CPUs that run "
+                        "bf16 natively (AVX512-BF16, AMX): SmolLM2-135M prefill ~2.9x and decode ~1.8x faster "
+                        "than fp32 on one; ~400x slower on an AVX2-only CPU. auto measures and picks. Default fp32")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `serve` and `generate` to the top-level parser."""
     s = sub.add_parser("serve", help="OpenAI-compatible server: one base model, many hot-swappable adapters")
@@ -38,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-queue", type=int, default=256, help="requests waiting before new ones get 503")
     _context_arg(s)
     _quantize_arg(s)
+    _precision_arg(s)
     s.set_defaults(func=serve)
 
     g = sub.add_parser("generate", help="stream a model's answer (or several adapters' answers) to one prompt")
@@ -57,18 +67,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--stop", action="append", default=[], help="stop string (repeat)")
     _context_arg(g)
     _quantize_arg(g)
+    _precision_arg(g)
     g.set_defaults(func=generate)
 
 
-def _load(model_spec, adapter_specs, quantize: str | None = None):
-    """Base model (quantized if asked, see `load_base_model`) with the named adapters loaded."""
+def _load(model_spec, adapter_specs, quantize: str | None = None, precision: str = "fp32"):
+    """Base model (quantized if asked, see `load_base_model`; in bf16 if asked) with the named
+    adapters loaded (their factors fp32 either way)."""
+    import torch
+
     from lorakit.adapters import load_adapter
+    from lorakit.errors import LorakitError
     from lorakit.infer.generate import parse_adapter_specs
     from lorakit.quant.load import load_base_model, parse_quantize
+    from lorakit.train.precision import check_precision, resolve_precision
 
-    parse_quantize(quantize)  # refuse a bad value before parsing anything else
+    quantized = parse_quantize(quantize) is not None  # refuse a bad value before parsing anything else
+    if quantized and check_precision(precision) == "bf16":
+        raise LorakitError(f"--precision bf16 with --quantize {quantize}: a quantized base computes in fp32; "
+                           "drop one of the two")
     named = parse_adapter_specs(adapter_specs)
+    bf16 = not quantized and resolve_precision(precision, torch.device("cpu")) == "bf16"
     model, tok = load_base_model(model_spec, quantize)
+    if bf16:
+        model.to(torch.bfloat16)  # before the adapters, which keep fp32 factors on any base
     for name, path in named:
         load_adapter(model, path, name)
     return model, tok, [n for n, _ in named], base_model_name(model_spec)
@@ -95,7 +117,7 @@ def generate(args: argparse.Namespace) -> int:
                             seed=args.seed, stop=args.stop)
     if args.chat and (len(args.adapter) > 1 or args.base):
         raise LorakitError("--chat talks to one model: give at most one --adapter and no --base")
-    model, tok, names, _ = _load(args.model, args.adapter, args.quantize)
+    model, tok, names, _ = _load(args.model, args.adapter, args.quantize, args.precision)
     targets: list[str | None] = ([None] if args.base or not names else []) + names
     engine = Engine(model, tok, max_batch=len(targets), max_context=args.max_context)
     try:
@@ -114,6 +136,7 @@ def generate(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """Handler of `lorakit serve`."""
+    import torch
     import uvicorn
 
     from lorakit.errors import LorakitError
@@ -125,7 +148,7 @@ def serve(args: argparse.Namespace) -> int:
     for spec in args.adapter:
         if "=" not in spec:
             raise LorakitError(f"--adapter {spec!r}: use NAME=PATH")
-    model, tok, names, base_name = _load(args.model, args.adapter, args.quantize)
+    model, tok, names, base_name = _load(args.model, args.adapter, args.quantize, args.precision)
     engine = Engine(model, tok, max_batch=args.max_batch, max_context=args.max_context, max_queue=args.max_queue)
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
@@ -135,6 +158,7 @@ def serve(args: argparse.Namespace) -> int:
         log.warning("serving on %s without --api-key: anyone who can reach this port can use the model", args.host)
     app = create_app(engine, base_name, api_key=args.api_key, adapter_root=args.adapter_root)
     quantized = "" if args.quantize in (None, "none") else f" ({args.quantize} base)"
+    quantized += " in bf16" if next(model.parameters()).dtype == torch.bfloat16 else ""
     log.info("serving %s%s with adapters [%s] on http://%s:%d (playground at /)", base_name, quantized,
              ", ".join(names), args.host, args.port)
     try:

@@ -61,6 +61,7 @@ class Request:
     cached: int = 0          # tokens of this request now in the KV cache
     next_token: int | None = None  # sampled but not yet fed to the model
     generated: int = 0
+    output_ids: list[int] = field(default_factory=list)  # every sampled id, an ending EOS included
     cancelled: bool = False
     finished: bool = False
 
@@ -72,6 +73,7 @@ class Request:
     def accept(self, token_id: int, eos_ids: set[int], max_context: int) -> str | None:
         """Record a sampled token and emit its text; return a finish reason when the request ends."""
         self.generated += 1
+        self.output_ids.append(token_id)
         if token_id in eos_ids:
             return "stop"
         text = self.stops.push(self.detok.feed(token_id))

@@ -65,7 +65,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
         return "bf16" if native_bf16(device.type) else "fp32"
     if name == "bf16" and not native_bf16(device.type):
         log.warning("--precision bf16: this %s has no fast bf16 matmul (bf16 ran slower than fp32 in a probe); "
-                    "training will be slower than with --precision fp32", device.type)
+                    "it will compute slower than with --precision fp32", device.type)
     return name
 
 

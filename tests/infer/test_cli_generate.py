@@ -43,6 +43,7 @@ def test_generate_chat_reads_turns_from_stdin(tiny_dir, capsys, monkeypatch):
     (["--prompt", "word " * 300, "--max-context", "64"], "context holds 64"),
     (["--prompt", "x", "--adapter", "A=/nonexistent/dir"], "adapter directory not found"),
     (["--prompt", "x", "--temperature", "9"], "temperature must be between 0 and 2"),
+    (["--prompt", "x", "--quantize", "nf4", "--precision", "bf16"], "a quantized base computes in fp32"),
 ])
 def test_generate_refusals_are_one_line(tiny_dir, capsys, argv, message):
     code, _, err = run(["generate", "--model", str(tiny_dir), *argv], capsys)
