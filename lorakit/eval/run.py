@@ -34,13 +34,16 @@ def check_adapters(adapters: dict[str, str | os.PathLike]) -> dict[str, Path]:
 def run_eval(model_spec: str | None, adapters: dict[str, str | os.PathLike], data_dir: str | os.PathLike,
              out_dir: str | os.PathLike, *, max_eval_tokens: int = 2500, n_style_prompts: int = 6,
              max_new_tokens: int = 128, drift_tokens: int = 48, temperature: float = 0.7,
-             corpus_chars: int = 300_000, seed: int = 0, threads: int | None = None) -> dict:
+             corpus_chars: int = 300_000, seed: int = 0, threads: int | None = None,
+             precision: str = "fp32") -> dict:
     """Evaluate the base model and each adapter; writes OUT/report.json and OUT/report.html.
 
-    adapters: name -> adapter directory. max_eval_tokens: scored test tokens per book.
-    Returns the report dict (what report.json holds).
+    adapters: name -> adapter directory. max_eval_tokens: scored test tokens per book. precision:
+    fp32, bf16 (the base's weights in bf16, the adapters' factors and the loss's softmax fp32) or
+    auto (bf16 where the CPU runs it natively). Returns the report dict (what report.json holds).
     """
     from lorakit.models import load_model
+    from lorakit.train.precision import resolve_precision
     from lorakit.train.run import set_threads
 
     started = time.perf_counter()
@@ -51,7 +54,10 @@ def run_eval(model_spec: str | None, adapters: dict[str, str | os.PathLike], dat
         raise LorakitError(f"{Path(data_dir) / 'test.jsonl'}: no test samples; re-run `lorakit data prepare` "
                            "with --test-fraction > 0")
     set_threads(threads)
+    precision = resolve_precision(precision, torch.device("cpu"))
     model, tok = load_model(model_spec, dtype=torch.float32)
+    if precision == "bf16":
+        model.to(torch.bfloat16)  # before the adapters, which keep fp32 factors on any base
     for name, path in paths.items():
         load_adapter(model, path, name)  # refuses an adapter made for another base, model unchanged
     targets = [BASE, *paths]
@@ -84,7 +90,7 @@ def run_eval(model_spec: str | None, adapters: dict[str, str | os.PathLike], dat
         "adapters": {k: str(v) for k, v in paths.items()},
         "settings": {"max_eval_tokens": max_eval_tokens, "n_style_prompts": n_style_prompts,
                      "max_new_tokens": max_new_tokens, "drift_tokens": drift_tokens, "temperature": temperature,
-                     "seed": seed},
+                     "seed": seed, "precision": precision},
         "perplexity": ppl,
         "style": style,
         "drift": drifted,

@@ -70,6 +70,21 @@ def test_an_untrained_adapter_changes_nothing_and_a_trained_one_does(evaluated):
     assert base_gens == [g["outputs"]["zero"] for g in report["generations"]]  # same seed, same model
 
 
+def test_bf16_eval_moves_perplexity_by_rounding_only(evaluated, tiny_model_dir, prepared, tmp_path):
+    """--precision bf16: the base in bf16, the adapters fp32. A zero adapter still changes nothing, and
+    every perplexity stays within bf16 rounding of the fp32 eval."""
+    fp32, out = evaluated
+    adapters = {name: Path(path) for name, path in fp32["adapters"].items()}
+    bf16 = run_eval(str(tiny_model_dir), adapters, prepared, tmp_path / "bf16", precision="bf16", **SMALL)
+    assert bf16["settings"]["precision"] == "bf16" and fp32["settings"]["precision"] == "fp32"
+    nll = {t: v["overall"]["nll"] for t, v in bf16["perplexity"].items()}
+    assert nll["zero"] == nll["base"]
+    for target, value in nll.items():
+        ref = fp32["perplexity"][target]["overall"]["nll"]
+        assert value != ref  # bf16 really ran
+        assert value == pytest.approx(ref, rel=1e-4), target  # measured: at most 9.4e-6 relative
+
+
 def test_per_book_token_cap(evaluated):
     report, _ = evaluated
     for book in report["perplexity"]["base"]["books"].values():
