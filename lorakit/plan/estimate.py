@@ -3,6 +3,9 @@
 Assumptions (each a parameter or a constant documented here):
 
 * fp32 compute and fp32 master weights (CPU); AdamW with two fp32 states per trained weight;
+  with ``precision="bf16"`` a LoRA run holds its frozen linears in bf16 (`precision.store_frozen`;
+  embeddings, norms and the head stay fp32), which `weights` counts exactly. Activations are still
+  counted as fp32 eager training's, which bf16 autocast and --compile undercut (`BF16_NOTE`);
 * ``qlora``: transformer-block linears stored as NF4 (4.127 bits per weight, see
   `lorakit.quant.nf4`), embeddings / norms / output head in fp32; ``lora``: all weights fp32;
 * the loss is a chunked cross entropy over `loss_chunk_tokens` tokens at a time;
@@ -48,6 +51,12 @@ HEAP_RETAINED = 0.75
 
 FITS, TIGHT, NO_FIT = "fits", "tight", "won't fit"
 
+BF16 = 2
+# measured: SmolLM2-135M LoRA r=16 at 4 x 256, --precision bf16 --compile: peak 1.65-1.77 GB against
+# 2.49 GB planned (bench/RESULTS.md, round 4)
+BF16_NOTE = ("activations planned as fp32 eager training's; bf16 and --compile keep less (measured 0.66-0.71x "
+             "of this total for SmolLM2 at 4 x 256): the plan errs high")
+
 
 @dataclass
 class Estimate:
@@ -65,6 +74,7 @@ class Estimate:
     mapped: int = 0
     method: str = "lora"
     trainable_params: int = 0
+    note: str = ""
 
     @property
     def total(self) -> int:
@@ -82,7 +92,7 @@ class Estimate:
     def format(self) -> str:
         """A table of the breakdown, the total and the verdict."""
         rows = [(f.name, getattr(self, f.name)) for f in fields(self)
-                if f.name not in ("available", "mapped", "method", "trainable_params")
+                if f.name not in ("available", "mapped", "method", "trainable_params", "note")
                 and not (f.name == "heap" and not self.heap)]
         lines = [f"{'component':<12} {'GB':>8}"]
         lines += [f"{name:<12} {value / 1e9:>8.3f}" for name, value in rows]
@@ -93,6 +103,8 @@ class Estimate:
         if self.heap:
             lines.append(f"{'(heap)':<12} {'':>8}  freed activations the C heap keeps resident; --release-memory "
                          "returns them at ~0.7x the tokens/s")
+        if self.note:
+            lines.append(f"{'(note)':<12} {'':>8}  {self.note}")
         lines.append(f"{'available':<12} {self.available / 1e9:>8.3f}")
         lines.append(f"verdict: {self.verdict} ({self.method}, {self.trainable_params:,} trainable parameters)")
         return "\n".join(lines)
@@ -103,8 +115,11 @@ def mapped_bytes(arch: ArchFacts, method: str) -> int:
     return FP32 * arch.input_embedding_params if method == "qlora" and arch.checkpoint_fp32 else 0
 
 
-def weight_bytes(arch: ArchFacts, method: str) -> int:
-    """Resident bytes of the frozen or trained base weights."""
+def weight_bytes(arch: ArchFacts, method: str, frozen_bf16: bool = False) -> int:
+    """Resident bytes of the frozen or trained base weights (`frozen_bf16`: the frozen linears in bf16)."""
+    if frozen_bf16:
+        held = arch.linear_params + arch.linear_bias_params
+        return FP32 * (arch.params - held) + BF16 * held
     if method != "qlora":
         return FP32 * arch.params
     dense = arch.params - arch.linear_params
@@ -114,11 +129,15 @@ def weight_bytes(arch: ArchFacts, method: str) -> int:
 def estimate(config_or_model_spec, method: str = "lora", batch_size: int = 1, seq_len: int = 512, rank: int = 16,
              targets: list[str] | str = "all-linear", grad_checkpoint: bool = True, loss_chunk_tokens: int = 1024,
              lora_dropout: float = 0.0, lean: bool = True, release: bool = False,
-             available: int | None = None) -> Estimate:
+             available: int | None = None, precision: str = "fp32", compile: bool = False,
+             frozen_bf16: bool | None = None) -> Estimate:
     """Predict the peak memory of training `config_or_model_spec` (a transformers config, a
     config.json path, or a model alias/directory) with `method` ('full', 'lora', 'qlora');
     `lean` as the trainer's --lean-memory (recomputed norm and SwiGLU outputs, no checkpointing),
-    `release` as its --release-memory (freed memory goes back to the OS at once)."""
+    `release` as its --release-memory (freed memory goes back to the OS at once), `precision`
+    ('fp32' or 'bf16') and `compile` as its resolved --precision and --compile; `frozen_bf16`
+    whether the frozen linears are held in bf16 (default: a LoRA run in bf16, as
+    `lorakit.train.precision.frozen_dtype` decides for the trainer's methods)."""
     if method not in METHODS:
         raise LorakitError(f"unknown method {method!r}; use one of: {', '.join(METHODS)}")
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("rank", rank),
@@ -132,7 +151,8 @@ def estimate(config_or_model_spec, method: str = "lora", batch_size: int = 1, se
     logits = loss_bytes(arch, tokens, loss_chunk_tokens)
     return Estimate(
         runtime=RUNTIME_BYTES,
-        weights=weight_bytes(arch, method),
+        weights=weight_bytes(arch, method, method == "lora" and precision == "bf16" if frozen_bf16 is None
+                             else frozen_bf16),
         adapter=0 if method == "full" else FP32 * arch.adapter_params,
         gradients=FP32 * trainable,
         optimizer=2 * FP32 * trainable,
@@ -143,5 +163,6 @@ def estimate(config_or_model_spec, method: str = "lora", batch_size: int = 1, se
         mapped=mapped_bytes(arch, method),
         method=method,
         trainable_params=trainable,
+        note=BF16_NOTE if precision == "bf16" or compile else "",
     )
 

@@ -119,7 +119,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     prepare_model(model, cfg)
     speed_and_memory(model, fuse=cfg.fuse, lean_memory=cfg.lean_memory, grad_checkpoint=cfg.grad_checkpoint,
                      compile=cfg.compile, frozen_dtype=frozen_dtype(precision, cfg.method))
-    _print_plan(cfg, dist.rank)
+    _print_plan(cfg, dist.rank, precision)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.schedule, cfg.warmup, max_steps)
@@ -198,7 +198,7 @@ def _precision_hint(asked: str, precision: str, device: torch.device) -> None:
                  "(adapter, optimizer and loss stay fp32)")
 
 
-def _print_plan(cfg: TrainConfig, rank: int) -> None:
+def _print_plan(cfg: TrainConfig, rank: int, precision: str) -> None:
     """Predicted peak memory before starting, with a warning when it will not fit."""
     if rank != 0 or cfg.method == "head":
         return
@@ -209,8 +209,9 @@ def _print_plan(cfg: TrainConfig, rank: int) -> None:
     try:
         est = estimate(cfg.model or DEFAULT_MODEL, method=method, batch_size=cfg.batch_size, seq_len=cfg.max_seq_len, rank=cfg.rank,
                        targets=cfg.targets, grad_checkpoint=cfg.grad_checkpoint, loss_chunk_tokens=cfg.loss_chunk,
-                       lora_dropout=cfg.dropout, lean=cfg.lean_memory,
-                       release=cfg.release_memory)
+                       lora_dropout=cfg.dropout, lean=cfg.lean_memory, release=cfg.release_memory,
+                       precision=precision, compile=cfg.compile,
+                       frozen_bf16=frozen_dtype(precision, cfg.method) is not None)
     except LorakitError as exc:
         log.info("memory plan unavailable: %s", exc)
         return

@@ -50,6 +50,19 @@ def test_qlora_weights_are_nf4_for_linears_only():
     assert est.weights == int(4 * (PARAMS - LINEAR) + nf4)
 
 
+def test_bf16_lora_holds_its_frozen_linears_in_bf16_and_notes_the_activations():
+    fp32 = estimate(CFG, method="lora", batch_size=2, seq_len=8, rank=4, available=10**9)
+    bf16 = estimate(CFG, method="lora", batch_size=2, seq_len=8, rank=4, available=10**9, precision="bf16")
+    assert bf16.weights == 4 * (PARAMS - LINEAR) + 2 * LINEAR  # embedding (the tied head) and norms stay fp32
+    assert bf16.total == fp32.total - 2 * LINEAR
+    assert fp32.note == "" and "errs high" in bf16.note and "(note)" in bf16.format()
+    assert "errs high" in estimate(CFG, method="lora", rank=4, compile=True, available=10**9).note
+    # the trainer's rule decides: DoRA (planned as lora) and full keep fp32 weights in bf16 runs
+    dora = estimate(CFG, method="lora", rank=4, precision="bf16", frozen_bf16=False, available=10**9)
+    assert dora.weights == 4 * PARAMS
+    assert estimate(CFG, method="full", rank=4, precision="bf16", available=10**9).weights == 4 * PARAMS
+
+
 def test_full_trains_everything_and_keeps_every_layer_without_checkpointing():
     est = estimate(CFG, method="full", batch_size=2, seq_len=8, rank=4, grad_checkpoint=False, lean=False,
                    available=10**9)
