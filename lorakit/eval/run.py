@@ -43,7 +43,7 @@ def run_eval(model_spec: str | None, adapters: dict[str, str | os.PathLike], dat
     auto (bf16 where the CPU runs it natively). Returns the report dict (what report.json holds).
     """
     from lorakit.models import load_model
-    from lorakit.train.precision import resolve_precision
+    from lorakit.train.precision import check_precision, hold_base_in
     from lorakit.train.run import set_threads
 
     started = time.perf_counter()
@@ -54,10 +54,9 @@ def run_eval(model_spec: str | None, adapters: dict[str, str | os.PathLike], dat
         raise LorakitError(f"{Path(data_dir) / 'test.jsonl'}: no test samples; re-run `lorakit data prepare` "
                            "with --test-fraction > 0")
     set_threads(threads)
-    precision = resolve_precision(precision, torch.device("cpu"))
+    check_precision(precision)  # a bad name fails before loading
     model, tok = load_model(model_spec, dtype=torch.float32)
-    if precision == "bf16":
-        model.to(torch.bfloat16)  # before the adapters, which keep fp32 factors on any base
+    precision = hold_base_in(model, precision)
     for name, path in paths.items():
         load_adapter(model, path, name)  # refuses an adapter made for another base, model unchanged
     targets = [BASE, *paths]

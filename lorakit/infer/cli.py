@@ -74,23 +74,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _load(model_spec, adapter_specs, quantize: str | None = None, precision: str = "fp32"):
     """Base model (quantized if asked, see `load_base_model`; in bf16 if asked) with the named
     adapters loaded (their factors fp32 either way)."""
-    import torch
-
     from lorakit.adapters import load_adapter
     from lorakit.errors import LorakitError
     from lorakit.infer.generate import parse_adapter_specs
     from lorakit.quant.load import load_base_model, parse_quantize
-    from lorakit.train.precision import check_precision, resolve_precision
+    from lorakit.train.precision import check_precision, hold_base_in
 
     quantized = parse_quantize(quantize) is not None  # refuse a bad value before parsing anything else
     if quantized and check_precision(precision) == "bf16":
         raise LorakitError(f"--precision bf16 with --quantize {quantize}: a quantized base computes in fp32; "
                            "drop one of the two")
     named = parse_adapter_specs(adapter_specs)
-    bf16 = not quantized and resolve_precision(precision, torch.device("cpu")) == "bf16"
     model, tok = load_base_model(model_spec, quantize)
-    if bf16:
-        model.to(torch.bfloat16)  # before the adapters, which keep fp32 factors on any base
+    if not quantized:  # `auto` keeps a quantized base in fp32
+        hold_base_in(model, precision)
     for name, path in named:
         load_adapter(model, path, name)
     return model, tok, [n for n, _ in named], base_model_name(model_spec)
@@ -157,9 +154,9 @@ def serve(args: argparse.Namespace) -> int:
     if not loopback and not args.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this port can use the model", args.host)
     app = create_app(engine, base_name, api_key=args.api_key, adapter_root=args.adapter_root)
-    quantized = "" if args.quantize in (None, "none") else f" ({args.quantize} base)"
-    quantized += " in bf16" if next(model.parameters()).dtype == torch.bfloat16 else ""
-    log.info("serving %s%s with adapters [%s] on http://%s:%d (playground at /)", base_name, quantized,
+    kind = "" if args.quantize in (None, "none") else f" ({args.quantize} base)"
+    kind += " in bf16" if next(model.parameters()).dtype == torch.bfloat16 else ""
+    log.info("serving %s%s with adapters [%s] on http://%s:%d (playground at /)", base_name, kind,
              ", ".join(names), args.host, args.port)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -92,6 +92,18 @@ def frozen_dtype(precision: str, method: str) -> "torch.dtype | None":
     return torch.bfloat16 if precision == "bf16" and method == "lora" else None
 
 
+def hold_base_in(model: "torch.nn.Module", precision: str) -> str:
+    """Inference (`generate`, `serve`, `eval`): resolve `precision` on the model's device and cast the
+    whole base to bf16 when it resolves so; returns 'fp32' or 'bf16'. Call it before loading adapters,
+    which keep fp32 factors on any base (`LoraLayer.factor_options`)."""
+    import torch
+
+    resolved = resolve_precision(precision, next(model.parameters()).device)
+    if resolved == "bf16":
+        model.to(torch.bfloat16)
+    return resolved
+
+
 def store_frozen(model: "torch.nn.Module", dtype: "torch.dtype") -> int:
     """Recast the frozen fp32 weights and biases of plain and fused linear layers to `dtype`; returns how many.
 
