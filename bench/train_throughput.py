@@ -19,6 +19,7 @@ into 512-token rows, PEFT pads each batch of 4 samples to its longest; both use 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -35,13 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lorakit.adapters import LoraConfig, add_adapter, save_adapter, set_trainable  # noqa: E402
 from lorakit.models import load_model  # noqa: E402
 from lorakit.plan.malloc import lean_malloc, release_free_heap  # noqa: E402
-from lorakit.train.attention import default_attention, use_attention  # noqa: E402
 from lorakit.train.batches import Batches, Sample, load_samples, padded_batch  # noqa: E402
+from lorakit.train.config import TrainConfig  # noqa: E402
 from lorakit.train.loss import IGNORE  # noqa: E402
-from lorakit.train.methods import speed_and_memory  # noqa: E402
-from lorakit.train.objective import causal_lm_loss  # noqa: E402
-from lorakit.train.precision import autocast, frozen_dtype  # noqa: E402
+from lorakit.train.precision import autocast  # noqa: E402
 from lorakit.train.progress import peak_rss_mb  # noqa: E402
+from lorakit.train.run import make_fast, training_loss  # noqa: E402
 
 LR, RANK, ALPHA = 1e-4, 16, 32
 
@@ -93,44 +93,41 @@ def build(system: str, adapter_dir: Path, precision: str = "fp32", release_memor
           attention: str | None = None, **speed):
     """(model, step) for `system`, set up as it would train.
 
-    lorakit: as `lorakit train` does: `speed` are `speed_and_memory` settings (default: the trainer's),
-    `release_memory` its --release-memory, `attention` its --attention. Both systems: `precision`
-    "bf16" runs the forward and loss under bf16 autocast (for PEFT + transformers, what the HF
-    Trainer's ``bf16=True`` does).
+    lorakit: exactly as `lorakit train` does (`run.make_fast`, `run.training_loss`), `speed` being its
+    --fuse / --lean-memory / --compile settings (default: the trainer's), `release_memory` its
+    --release-memory, `attention` its --attention. Both systems: `precision` "bf16" runs the forward
+    and loss under bf16 autocast (for PEFT + transformers, what the HF Trainer's ``bf16=True`` does).
     """
-    if system == "lorakit" and release_memory:
-        lean_malloc()  # before loading, as the trainer does
-    model, _ = load_model()
+    cpu = torch.device("cpu")
     if system == "lorakit":
         from lorakit.adapters import load_adapter
 
-        attention = attention or default_attention(precision, speed.get("compile", False), torch.device("cpu"))
-        if attention:  # as `lorakit train` picks it
-            use_attention(model, attention)
-        load_adapter(model, adapter_dir, trainable=True)
+        cfg = TrainConfig(precision=precision, attention=attention, release_memory=release_memory, **speed)
+        if release_memory:
+            lean_malloc()  # before loading, as the trainer does
+        model, _ = load_model()
+        load_adapter(model, adapter_dir, trainable=True)  # the initialisation PEFT loads too
         set_trainable(model, "default")
-        # as `lorakit train` does (--fuse, --lean-memory; or --compile; bf16-held weights under --precision bf16)
-        speed_and_memory(model, frozen_dtype=frozen_dtype(precision, "lora"), **speed)
-        step_loss = lambda b: causal_lm_loss(model, b, compiled=speed.get("compile", False))  # noqa: E731
+        make_fast(model, cfg, precision, cpu)
+        step_loss = functools.partial(training_loss(cfg, precision, cpu), model)
     else:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+        model = PeftModel.from_pretrained(load_model()[0], adapter_dir, is_trainable=True)
 
         def step_loss(b):
             labels = b["labels"]  # already shifted; HF shifts itself, so hand it unshifted targets
             hf_labels = torch.full_like(labels, IGNORE)
             hf_labels[:, 1:] = labels[:, :-1]
-            out = model(input_ids=b["input_ids"], attention_mask=b.get("attention_mask"), labels=hf_labels)
+            with autocast(precision, cpu):
+                out = model(input_ids=b["input_ids"], attention_mask=b.get("attention_mask"), labels=hf_labels)
             n = int((labels != IGNORE).sum())
             return out.loss * n, n
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
-    cpu = torch.device("cpu")
 
     def step(batch) -> tuple[float, int]:
-        with autocast(precision, cpu):
-            loss, n = step_loss(batch)
+        loss, n = step_loss(batch)
         (loss / n).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

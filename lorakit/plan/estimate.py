@@ -136,8 +136,8 @@ def estimate(config_or_model_spec, method: str = "lora", batch_size: int = 1, se
     `lean` as the trainer's --lean-memory (recomputed norm and SwiGLU outputs, no checkpointing),
     `release` as its --release-memory (freed memory goes back to the OS at once), `precision`
     ('fp32' or 'bf16') and `compile` as its resolved --precision and --compile; `frozen_bf16`
-    whether the frozen linears are held in bf16 (default: a LoRA run in bf16, as
-    `lorakit.train.precision.frozen_dtype` decides for the trainer's methods)."""
+    whether the frozen linears are held in bf16 (default: as `lorakit.train.precision.frozen_dtype`
+    decides for `method`; the trainer passes its own method's answer, DoRA being planned as lora)."""
     if method not in METHODS:
         raise LorakitError(f"unknown method {method!r}; use one of: {', '.join(METHODS)}")
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("rank", rank),
@@ -145,14 +145,17 @@ def estimate(config_or_model_spec, method: str = "lora", batch_size: int = 1, se
         if value < 1:
             raise LorakitError(f"{name} must be a positive integer, got {value}")
     arch = arch_facts(load_config(config_or_model_spec), rank, targets, method)
+    if frozen_bf16 is None:  # the trainer's rule for its methods of the same names
+        from lorakit.train.precision import frozen_dtype
+
+        frozen_bf16 = frozen_dtype(precision, method) is not None
     trainable = arch.params if method == "full" else arch.adapter_params
     tokens = batch_size * seq_len
     activations = activation_bytes(arch, method, tokens, rank, grad_checkpoint, lora_dropout, lean)
     logits = loss_bytes(arch, tokens, loss_chunk_tokens)
     return Estimate(
         runtime=RUNTIME_BYTES,
-        weights=weight_bytes(arch, method, method == "lora" and precision == "bf16" if frozen_bf16 is None
-                             else frozen_bf16),
+        weights=weight_bytes(arch, method, frozen_bf16),
         adapter=0 if method == "full" else FP32 * arch.adapter_params,
         gradients=FP32 * trainable,
         optimizer=2 * FP32 * trainable,

@@ -55,8 +55,8 @@ def default_attention(precision: str, compile: bool, device: torch.device, grad_
     Measured, SmolLM2-135M LoRA r=16 at 4 x 256 on 2 cores (tok/s over 4 runs, peak RSS): compiled
     bf16, sdpa 669-770 / 1.75 GB vs eager_recompute 763-937 / 1.76 GB (medians 725 vs 851);
     compiled fp32, sdpa 271-288 vs 258-267; bf16 without compile, sdpa 620-628 vs 609-615
-    (bench/RESULTS.md, round 4). GPUs have fused sdpa kernels;
-    with --grad-checkpoint the whole layer is recomputed already.
+    (bench/RESULTS.md, round 4). GPUs have fused sdpa kernels; with --grad-checkpoint the whole
+    layer is recomputed already.
     """
     if compile and precision == "bf16" and device.type == "cpu" and not grad_checkpoint:
         return RECOMPUTE

@@ -94,6 +94,27 @@ def save_final(model: nn.Module, tokenizer, cfg: TrainConfig, out: Path) -> None
         save_adapter(model, out, base_model_name_or_path=str(cfg.model or "smollm2-135m-instruct"))
 
 
+def make_fast(model: nn.Module, cfg: TrainConfig, precision: str, device: torch.device) -> None:
+    """What --attention, --fuse, --lean-memory, --compile and --precision (resolved) do to a model
+    `prepare_model` has prepared. bench/train_throughput.py calls this too, so it measures what
+    `lorakit train` runs."""
+    attention = cfg.attention or default_attention(precision, cfg.compile, device, cfg.grad_checkpoint)
+    if attention:
+        use_attention(model, attention)
+    speed_and_memory(model, fuse=cfg.fuse, lean_memory=cfg.lean_memory, grad_checkpoint=cfg.grad_checkpoint,
+                     compile=cfg.compile, frozen_dtype=frozen_dtype(precision, cfg.method))
+
+
+def training_loss(cfg: TrainConfig, precision: str, device: torch.device):
+    """The loss a step minimises: ``loss_fn(model, batch) -> (summed loss, labelled tokens)``."""
+
+    def loss_fn(m: nn.Module, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        with autocast(precision, device):  # backward runs outside it, as autocast asks
+            return causal_lm_loss(m, b, cfg.loss_chunk, cfg.compile)
+
+    return loss_fn
+
+
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train as `cfg` says; returns a summary (also written to ``OUT/summary.json``)."""
     if not cfg.out:
@@ -108,17 +129,13 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     if dist.rank == 0:
         _precision_hint(cfg.precision, precision, device)
     model, tokenizer = load_base(cfg, device)
-    attention = cfg.attention or default_attention(precision, cfg.compile, device, cfg.grad_checkpoint)
-    if attention:
-        use_attention(model, attention)
     train, valid, data_stats = load_data(cfg, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = Batches(train, cfg.batch_size, seed=cfg.seed, pad_id=pad_id, packing=cfg.packing,
                       row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt, rank=dist.rank, world=dist.world)
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.per_epoch() / cfg.grad_accum))
     prepare_model(model, cfg)
-    speed_and_memory(model, fuse=cfg.fuse, lean_memory=cfg.lean_memory, grad_checkpoint=cfg.grad_checkpoint,
-                     compile=cfg.compile, frozen_dtype=frozen_dtype(precision, cfg.method))
+    make_fast(model, cfg, precision, device)
     _print_plan(cfg, dist.rank, precision)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -169,12 +186,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         hooks.on_eval += [metrics.on_eval]
         if cfg.progress:
             hooks.on_eval.append(ProgressBar(max_steps).on_eval)
-
-    def loss_fn(m: nn.Module, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        with autocast(precision, device):  # backward runs outside it, as autocast asks
-            return causal_lm_loss(m, b, cfg.loss_chunk, cfg.compile)
-
-    train_loop(model, batches, loss_fn, optimizer, scheduler, max_steps=max_steps, grad_accum=cfg.grad_accum,
+    train_loop(model, batches, training_loss(cfg, precision, device), optimizer, scheduler, max_steps=max_steps, grad_accum=cfg.grad_accum,
                max_grad_norm=cfg.max_grad_norm, eval_every=cfg.eval_every, save_every=cfg.save_every,
                hooks=hooks, state=state)
     summary = {"steps": state.step, "tokens": state.tokens, "best_eval_loss": state.best_eval, "threads": threads,
