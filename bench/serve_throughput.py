@@ -39,6 +39,7 @@ from lorakit.infer.engine import Engine  # noqa: E402
 from lorakit.infer.prompts import encode_chat  # noqa: E402
 from lorakit.infer.sampling import SamplingParams  # noqa: E402
 from lorakit.models import load_model  # noqa: E402
+from lorakit.train.precision import hold_base_in  # noqa: E402
 from lorakit.train.progress import peak_rss_mb  # noqa: E402
 
 TOPICS = ["the sea", "a library", "winter", "trains", "a garden", "the moon", "bread", "a violin",
@@ -157,8 +158,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model, tok = load_model()
-    if args.precision == "bf16":
-        model.to(torch.bfloat16)  # before the adapters load: they keep fp32 factors, as in `lorakit serve`
+    hold_base_in(model, args.precision)  # as `lorakit serve` does, before the adapters (fp32 factors) load
     with tempfile.TemporaryDirectory() as tmp:
         names = make_adapters(model, Path(tmp), args.adapters, args.rank)
         prompts = [encode_chat(tok, [{"role": "user", "content": f"Write a short poem about {TOPICS[i % len(TOPICS)]}."}])
