@@ -13,8 +13,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from lorakit.data.dataset import SPLIT_FILES, read_jsonl_lenient
 from lorakit.data.dedup import near_duplicate_pairs
+from lorakit.data.schema import SPLIT_FILES, BadLine, missing_fields, read_rows
 from lorakit.data.splits import SPLITS, sample_content, sample_tokens
 from lorakit.errors import LorakitError
 
@@ -205,21 +205,22 @@ def lint_dataset(path: str | Path, tokenizer: Any = None) -> dict:
         except (OSError, json.JSONDecodeError):
             prepared = {}
     splits: dict[str, list[dict]] = {}
-    errors: list[dict] = []
+    bad: list[BadLine] = []
     gaps = 0
     for name, file in files.items():
-        samples, errs, n_gaps = read_jsonl_lenient(file)
-        splits[name] = samples
-        errors.extend(errs)
-        gaps += n_gaps
+        read = read_rows(file, "content", lenient=True)  # bad lines are listed, the rest linted
+        for row, line in zip(read.rows, read.lines):
+            row["_line"] = line  # where lint_samples points its examples
+        splits[name] = read.rows
+        bad.extend(read.bad)
+        gaps += sum(1 for row in read.rows if missing_fields(row))
     options = prepared.get("options", {}) if isinstance(prepared, dict) else {}
     report = lint_samples(splits, seq_len=options.get("seq_len"), tokenizer=tokenizer,
                           split_by=options.get("split_by"))
     report["path"] = str(path)
-    report["schema_errors"] = errors[:50]
-    if errors:
-        report["fatal"].insert(0, f"{len(errors)} bad line(s), first: {errors[0]['file']}:{errors[0]['line']}: "
-                                  f"{errors[0]['message']}")
+    report["schema_errors"] = [{"file": str(b.file), "line": b.line, "message": b.problem} for b in bad[:50]]
+    if bad:
+        report["fatal"].insert(0, f"{len(bad)} bad line(s), first: {bad[0].message}")
         report["ok"] = False
     if gaps:
         report["schema_gaps"] = gaps

@@ -25,6 +25,7 @@ from lorakit.data.documents import Pair, load_inputs
 from lorakit.data.filters import filter_documents, paragraph_reason
 from lorakit.data.lint import lint_samples
 from lorakit.data.samples import FORMATS, build_samples, plan_drafts, prompt_overhead
+from lorakit.data.schema import write_rows
 from lorakit.data.splits import SPLITS, find_leakage, remove_leakage, sample_content, split_samples, sample_tokens
 from lorakit.data.textutil import dedup_key
 from lorakit.errors import LorakitError
@@ -83,9 +84,7 @@ def write_dataset(out_dir: Path, splits: dict[str, list[dict]], report: dict, ov
     old: Path | None = None
     try:
         for name in SPLITS:
-            with (tmp / f"{name}.jsonl").open("w", encoding="utf-8") as fh:
-                for sample in splits[name]:
-                    fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
+            write_rows(tmp / f"{name}.jsonl", splits[name])
         (tmp / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         if out_dir.exists():
             _check_out_dir(out_dir, overwrite)

@@ -6,13 +6,12 @@ Works on the schema written by `lorakit data prepare` (see `lorakit.data`): rows
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorakit.data.schema import Sample, read_rows, sample_of, split_path
 from lorakit.errors import LorakitError
-from lorakit.train.batches import Sample
 
 
 @dataclass
@@ -36,27 +35,16 @@ class Row:
         return len(self.ids) - max(self.prompt_len, 1)
 
 
-def read_split(data_dir: str | Path, split: str) -> list[Row]:
-    """Rows of ``DATA/{split}.jsonl``; refuses a missing or malformed file with a one-line fix."""
-    path = Path(data_dir) / f"{split}.jsonl"
-    if not Path(data_dir).is_dir():
-        raise LorakitError(f"{data_dir}: dataset directory not found; run `lorakit data prepare --out {data_dir}`")
-    if not path.is_file():
-        raise LorakitError(f"{path}: not found; run `lorakit data prepare --out {data_dir}` (it writes {split}.jsonl)")
+def read_split(data_dir: str | Path, split: str, *, allow_empty: bool = True) -> list[Row]:
+    """Rows of ``DATA/{split}.jsonl``; refuses a missing or malformed file (and without
+    `allow_empty` one with no rows) with a one-line fix (`lorakit.data.schema.read_rows`)."""
     rows: list[Row] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                ids = [int(t) for t in obj["input_ids"]]
-                prompt_len = int(obj.get("prompt_len", 0))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise LorakitError(f"{path}:{lineno}: not a prepared sample ({exc}); re-run `lorakit data prepare`") from None
-            meta = obj.get("meta") or {}
-            book = meta.get("title") or meta.get("book") or "unknown"
-            rows.append(Row(ids, prompt_len, obj.get("completion", ""), str(book), str(meta.get("task", "text")), meta))
+    for obj in read_rows(split_path(data_dir, split), "tokens", allow_empty=allow_empty).rows:
+        sample = sample_of(obj)
+        meta = obj.get("meta") or {}
+        book = meta.get("title") or meta.get("book") or "unknown"
+        rows.append(Row(sample.ids, sample.prompt_len, obj.get("completion", ""), str(book),
+                        str(meta.get("task", "text")), meta))
     return rows
 
 
@@ -125,9 +113,7 @@ def prompt_ids(row: Row, text_prefix_tokens: int = 32) -> list[int]:
 
 def corpus_texts(data_dir: str | Path, max_chars: int = 300_000, seed: int = 0) -> list[str]:
     """Training completions (the style to match), a seeded sample of about `max_chars` characters."""
-    rows = read_split(data_dir, "train")
-    if not rows:
-        raise LorakitError(f"{Path(data_dir) / 'train.jsonl'}: no samples; re-run `lorakit data prepare`")
+    rows = read_split(data_dir, "train", allow_empty=False)
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     texts, total = [], 0

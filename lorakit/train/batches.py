@@ -10,7 +10,6 @@ batches as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,16 +17,9 @@ from pathlib import Path
 
 import torch
 
+from lorakit.data.schema import Sample, read_rows, sample_of, where
 from lorakit.errors import LorakitError
 from lorakit.train.loss import IGNORE
-
-
-@dataclass
-class Sample:
-    """Token ids of one training example and how many leading ids are prompt."""
-
-    ids: list[int]
-    prompt_len: int = 0
 
 
 @dataclass
@@ -40,41 +32,25 @@ class LoadStats:
 def load_samples(path: str | Path, tokenizer=None, max_seq_len: int = 512, strict: bool = False) -> tuple[list[Sample], LoadStats]:
     """Read a JSONL split (``input_ids`` + ``prompt_len``, or ``text`` tokenized with `tokenizer`).
 
-    Samples longer than `max_seq_len` are truncated and counted, or refused with `strict`.
+    A bad line is refused (`lorakit.data.schema.read_rows`). Samples longer than `max_seq_len`
+    are truncated and counted, or refused with `strict`; samples with nothing to predict are skipped.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise LorakitError(f"{path}: not found; run `lorakit data prepare --out {path.parent}` first")
+    read = read_rows(path, "tokens" if tokenizer is None else "text_or_tokens")
     samples: list[Sample] = []
     stats = LoadStats()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LorakitError(f"{path}:{lineno}: not JSON ({exc.msg}); fix or re-run `lorakit data prepare`") from None
-            ids, prompt_len = _ids_of(row, tokenizer, f"{path}:{lineno}")
-            if len(ids) > max_seq_len:
-                if strict:
-                    raise LorakitError(f"{path}:{lineno}: {len(ids)} tokens > --max-seq-len {max_seq_len} (--strict); "
-                                       "raise --max-seq-len or re-chunk the data")
-                ids, stats.truncated = ids[:max_seq_len], stats.truncated + 1
-            if len(ids) < 2 or prompt_len >= len(ids):
-                continue  # nothing to predict
-            samples.append(Sample(ids, prompt_len))
-            stats.tokens += len(ids)
+    for row, lineno in zip(read.rows, read.lines):
+        sample = sample_of(row, tokenizer)
+        if len(sample.ids) > max_seq_len:
+            if strict:
+                raise LorakitError(f"{where(read.path, lineno)}: {len(sample.ids)} tokens > --max-seq-len {max_seq_len} "
+                                   "(--strict); raise --max-seq-len or re-chunk the data")
+            sample.ids, stats.truncated = sample.ids[:max_seq_len], stats.truncated + 1
+        if len(sample.ids) < 2 or sample.prompt_len >= len(sample.ids):
+            continue  # nothing to predict
+        samples.append(sample)
+        stats.tokens += len(sample.ids)
     stats.samples = len(samples)
     return samples, stats
-
-
-def _ids_of(row: dict, tokenizer, where: str) -> tuple[list[int], int]:
-    if "input_ids" in row:
-        return [int(t) for t in row["input_ids"]], int(row.get("prompt_len", 0))
-    if "text" in row and tokenizer is not None:
-        return tokenizer(row["text"])["input_ids"], 0
-    raise LorakitError(f"{where}: a sample needs 'input_ids' (or 'text' with a tokenizer); re-run `lorakit data prepare`")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

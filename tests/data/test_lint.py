@@ -89,7 +89,7 @@ def test_prepared_dataset_lints_clean_and_ids_match_tokenizer(library, tmp_path,
 
 def test_load_jsonl_split_is_strict(tmp_path):
     _write(tmp_path, "train.jsonl", [{"text": "no tokens here"}])
-    with pytest.raises(LorakitError, match=r"train\.jsonl:1: missing prompt, completion, input_ids"):
+    with pytest.raises(LorakitError, match=r"train\.jsonl line 1: missing prompt, completion, input_ids"):
         load_jsonl_split(tmp_path / "train.jsonl")
-    with pytest.raises(LorakitError, match="run `lorakit data prepare` first"):
+    with pytest.raises(LorakitError, match=r"valid\.jsonl: not found; run `lorakit data prepare --out .*` first"):
         load_jsonl_split(tmp_path / "valid.jsonl")

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lorakit.data.schema import Sample
 from lorakit.train.attention import use_attention
-from lorakit.train.batches import Sample, packed_batch, padded_batch
+from lorakit.train.batches import packed_batch, padded_batch
 from lorakit.train.loss import IGNORE, chunked_cross_entropy, shift_labels
 from lorakit.train.objective import causal_lm_loss
 from tests.conftest import tiny_model
