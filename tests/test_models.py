@@ -44,7 +44,7 @@ def test_hf_directory_loads_as_is(tmp_path, tiny):
     assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
-@pytest.mark.slow
+# Not slow although it converts the real GGUF: the only test of the conversion and its cache.
 def test_default_gguf_converts_once_and_is_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("LORAKIT_HOME", str(tmp_path))
     first = models.resolve_model()
@@ -60,7 +60,7 @@ def test_default_gguf_converts_once_and_is_reused(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("models/*.tmp-*")), "conversion left a temp dir behind"
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the same parity on 15 tiny architectures: tests/adapters/test_peft_parity.py
 def test_real_model_adapter_matches_peft(tmp_path):
     """End to end on SmolLM2-135M: lorakit DoRA adapter -> PEFT load -> same logits."""
     from peft import PeftModel

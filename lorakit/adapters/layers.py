@@ -161,8 +161,8 @@ def linear_holding(weight: torch.Tensor, requires_grad: bool = True) -> nn.Linea
     constructor work, since hot-loading an adapter while serving must take milliseconds.
 
     Fields are set in the module's dicts directly: `Module.__setattr__` checks every assignment
-    against parameters, buffers and submodules, which made this twice as slow (4.2 vs 2.0 ms for
-    the 420 factors of an r=16 all-linear SmolLM2-135M adapter, i.e. ~10% of a hot load).
+    against parameters, buffers and submodules, a cost paid for every factor of every adapter
+    hot-loaded (bench/RESULTS_serve.md has the hot-load timings).
     """
     layer = nn.Linear.__new__(nn.Linear)
     nn.Module.__init__(layer)

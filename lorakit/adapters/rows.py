@@ -9,8 +9,8 @@ small matmul, not eight.
 
 While serving, the set of adapters in the batch changes whenever a request joins or leaves,
 and a prefill runs one adapter between two mixed decode steps. Re-concatenating every
-factor each time copied all adapters into fresh tensors (80 ms of CPU for 8 r=16 adapters on
-SmolLM2, measured), so each layer keeps one growing stack in preallocated buffers: an adapter
+factor each time copied all adapters into fresh tensors (a cost bench/RESULTS_serve.md
+records), so each layer keeps one growing stack in preallocated buffers: an adapter
 is copied in once, when a batch first needs it, and a batch whose adapters are a subset of
 the stack uses it as is (absent adapters get zero mask columns; a batch using less than half
 of the stack gets a stack of its own). A deleted adapter leaves unused columns until they

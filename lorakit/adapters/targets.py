@@ -1,51 +1,18 @@
-"""Which modules an adapter wraps: per-architecture presets and PEFT's matching rules.
+"""Which modules an adapter wraps: the family registry's presets and PEFT's matching rules.
 
-Matching follows PEFT so a saved `target_modules` means the same thing in both:
-a list matches a module whose name equals an entry or ends with ``"." + entry``;
-a string is a regex that must match the whole module name.
+Matching follows PEFT (`lorakit.naming.name_matches`), so a saved `target_modules` means the
+same thing in both.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 from torch import nn
 
 from lorakit.errors import LorakitError
-
-_LLAMA_LIKE = {
-    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mlp": ["gate_proj", "up_proj", "down_proj"],
-}
-
-# model_type -> preset -> suffix list or full-match regex. "all-linear" needs no entry:
-# it is every Linear/Conv1D except the output head (and modules_to_save).
-PRESETS: dict[str, dict[str, list[str] | str]] = {
-    "llama": _LLAMA_LIKE,  # SmolLM2
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,  # DeepSeek-R1-Distill-Qwen
-    "qwen3": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
-    "phi3": {"attention": ["qkv_proj", "o_proj"], "mlp": ["gate_up_proj", "down_proj"]},
-    "gpt2": {"attention": ["c_attn", "attn.c_proj"], "mlp": ["c_fc", "mlp.c_proj"]},
-    "bert": {
-        "attention": ["query", "key", "value", "attention.output.dense"],
-        "mlp": r".*\.layer\.\d+\.(intermediate|output)\.dense",
-    },
-    "roberta": {
-        "attention": ["query", "key", "value", "attention.output.dense"],
-        "mlp": r".*\.layer\.\d+\.(intermediate|output)\.dense",
-    },
-    "distilbert": {"attention": ["q_lin", "k_lin", "v_lin", "out_lin"], "mlp": ["lin1", "lin2"]},
-}
-
-# decoder-block containers whose index `layers_to_transform` refers to
-_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
-
+from lorakit.families import family_for, preset_families
+from lorakit.naming import layer_index, name_matches
 
 def parse_targets(text: str) -> list[str] | str:
     """A `--targets` value: a preset name, a full-match regex (has `*()[]|\\^$?+`), or
@@ -70,19 +37,6 @@ def supported_types() -> tuple[type, ...]:
     return (*linear_types(), nn.Embedding)
 
 
-def name_matches(name: str, targets: list[str] | str) -> bool:
-    """PEFT's rule: suffix match for a list, full regex match for a string."""
-    if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
-
-
-def layer_index(name: str) -> int | None:
-    """Index of the decoder block a module lives in (``model.layers.3.mlp`` -> 3), if any."""
-    m = _LAYER_INDEX.search(name)
-    return int(m.group(1)) if m else None
-
-
 def _output_head_names(model: nn.Module) -> set[str]:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
@@ -94,15 +48,14 @@ def resolve_targets(model: nn.Module, targets: list[str] | str) -> list[str] | s
     """Expand a preset name into the suffix list / regex for this model's architecture."""
     if isinstance(targets, list) or targets not in ("attention", "mlp"):
         return targets
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    table = PRESETS.get(model_type or "")
-    if table is None:
-        known = ", ".join(sorted(PRESETS))
+    family = family_for(model)
+    if targets not in family.presets:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
         raise LorakitError(
-            f"no '{targets}' preset for architecture {model_type!r} (known: {known}); "
+            f"no '{targets}' preset for architecture {model_type!r} (known: {', '.join(preset_families())}); "
             "use --targets all-linear or name the modules"
         )
-    return table[targets]
+    return family.presets[targets]
 
 
 def walk(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

@@ -2,7 +2,8 @@
 
 A LoRA adapter trained only on book text pulls the whole model toward that text, so the chat
 answers it used to give become unlikely: the demo adapter raised the NLL of the base's own
-answers to everyday requests by 34% (lorakit eval's drift). Mixing a small share of those
+answers to everyday requests well past issue 5's drift target (lorakit eval's drift; figures in
+bench/RESULTS_eval.md). Mixing a small share of those
 answers into training (self-distillation replay, cf. "Self-Distillation Bridges Distribution
 Gap in Language Model Fine-Tuning", Yang et al., ACL 2024) lets the adapter learn the style
 where the text is prose and keep the base's behaviour where it is a chat turn.
@@ -21,6 +22,7 @@ from pathlib import Path
 from torch import nn
 
 from lorakit.atomic import atomic_write
+from lorakit.data.schema import SPLIT_FILES, read_rows, write_rows
 from lorakit.errors import LorakitError
 
 PROMPTS_FILE = Path(__file__).with_name("replay_prompts.txt")
@@ -45,9 +47,8 @@ def replay_rows(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens:
     Rows follow `lorakit data`'s schema (input_ids = prompt + answer, prompt_len = prompt tokens);
     an answer that ended before `max_new_tokens` ends with the end-of-turn token, as the base's did.
     """
-    from lorakit.eval.drift import encode_request
-    from lorakit.eval.generation import Job, generate_all, sampling
-    from lorakit.eval.perplexity import BASE
+    from lorakit.infer.batch import BASE, Job, generate_all, sampling
+    from lorakit.infer.prompts import encode_request
 
     encoded = [encode_request(tokenizer, p) for p in prompts]
     answers = generate_all(model, tokenizer, [Job(ids, BASE, sampling(max_new_tokens, 0.0, 0)) for ids in encoded])
@@ -62,13 +63,6 @@ def replay_rows(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens:
     return rows
 
 
-def _train_rows(data_dir: Path) -> list[str]:
-    train = data_dir / "train.jsonl"
-    if not train.is_file():
-        raise LorakitError(f"{train}: not found; run `lorakit data prepare` first")
-    return [line for line in train.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def add_replay(data_dir: str | os.PathLike, rows: list[dict], share: float = 0.1) -> dict:
     """Append `rows` to DATA_DIR/train.jsonl, repeated so they make ~`share` of its tokens.
 
@@ -80,16 +74,13 @@ def add_replay(data_dir: str | os.PathLike, rows: list[dict], share: float = 0.1
     if not rows:
         raise LorakitError("no replay rows to add")
     data_dir = Path(data_dir)
-    kept, train_tokens = [], 0
-    for line in _train_rows(data_dir):
-        row = json.loads(line)
-        if row.get("meta", {}).get("task") != REPLAY_TASK:  # an earlier call's rows are replaced
-            kept.append(line)
-            train_tokens += len(row["input_ids"])
+    train = data_dir / SPLIT_FILES["train"]
+    # an earlier call's rows are replaced
+    kept = [row for row in read_rows(train, "tokens").rows if (row.get("meta") or {}).get("task") != REPLAY_TASK]
+    train_tokens = sum(len(row["input_ids"]) for row in kept)
     replay_tokens = sum(len(r["input_ids"]) for r in rows)
     repeats = max(1, math.ceil(share / (1 - share) * train_tokens / replay_tokens))
-    added = [json.dumps(r, ensure_ascii=False) for r in rows] * repeats
-    atomic_write(data_dir / "train.jsonl", "\n".join(kept + added) + "\n")
+    write_rows(train, kept + rows * repeats)
     record = {"prompts": len(rows), "repeats": repeats, "share": share, "train_tokens": train_tokens,
               "replay_tokens": replay_tokens * repeats,
               "actual_share": round(replay_tokens * repeats / (train_tokens + replay_tokens * repeats), 4)}

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lorakit.errors import LorakitError
-from lorakit.train.precision import PRECISIONS
+from lorakit.runtime.precision import PRECISIONS
 
 MODEL_HELP = "HF model directory, .gguf file or alias (default: smollm2-135m-instruct)"
 
@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     e.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: the base in bf16 (adapters and the loss's softmax stay fp32) where the CPU runs bf16 "
-                        "natively, ~2-3x faster there; perplexities move by bf16 rounding. auto measures. Default fp32")
+                        "natively, faster there (bench/RESULTS_eval.md); perplexities move by bf16 rounding. "
+                        "auto measures. Default fp32")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("compare", help="full vs head vs LoRA r=4/8/16 vs DoRA r=8 on the same data and tokens",

@@ -113,7 +113,7 @@ def run_compare(model_spec: str | None, data_dir: str | os.PathLike, out_dir: st
     Returns the comparison dict (what compare.json holds).
     """
     from lorakit.models import load_model
-    from lorakit.train.run import set_threads
+    from lorakit.runtime.device import set_threads
 
     if steps is None and not budget_minutes:
         raise LorakitError("give --budget-minutes or --steps: how long each method may train")
@@ -170,38 +170,5 @@ def run_compare(model_spec: str | None, data_dir: str | os.PathLike, out_dir: st
               "precision": precision, "base": {"perplexity": base_ppl, "params": next(iter(counts.values()))[1]},
               "runs": results, "seconds": time.perf_counter() - started}
     report.write_json(out / "compare.json", result)
-    report.write_atomic(out / "compare.html", report.page("lorakit method comparison", compare_section(result, work)))
+    report.write_atomic(out / "compare.html", report.page("lorakit method comparison", report.compare_section(result, work)))
     return result
-
-
-def compare_section(result: dict, runs_dir: Path | None = None) -> list[str]:
-    """HTML parts: the comparison table, bar charts and (if the run folders exist) loss curves."""
-    base = result["base"]["perplexity"]["overall"]["ppl"]
-    headers = ["method", "trainable params", "trainable %", "held-out ppl", "ppl vs base", "train wall s",
-               "peak RSS MB", "saved MB", "tokens"]
-    rows = [["base (no training)", 0, 0.0, base, "", "", "", "", ""]]
-    for r in result["runs"]:
-        ppl = r["perplexity"]["overall"]["ppl"]
-        rows.append([r["name"], r["trainable"], r["trainable_pct"], ppl, f"{100 * (ppl - base) / base:+.1f}%",
-                     r["train_seconds"], r["peak_rss_mb"], r["saved_bytes"] / 2**20, r["tokens"]])
-    names = [r["name"] for r in result["runs"]]
-    figs = [
-        plots.bars(["base", *names], [base, *[r["perplexity"]["overall"]["ppl"] for r in result["runs"]]],
-                   "perplexity", "held-out perplexity (lower is better)"),
-        plots.bars(names, [r["train_seconds"] for r in result["runs"]], "seconds", "training wall time"),
-        plots.bars(names, [r["peak_rss_mb"] for r in result["runs"]], "MiB", "peak memory (RSS)"),
-        plots.bars(names, [max(r["trainable"], 1) for r in result["runs"]], "parameters", "trainable parameters",
-                   log=True),
-    ]
-    parts = ["<h2>Method comparison</h2>",
-             f'<p class="note">Same data, same {result["steps"]} steps of batch {result["batch_size"]} x '
-             f'{result["max_seq_len"]} tokens for every method; each trained in a fresh process '
-             "(peak RSS is that process's).</p>", report.table(headers, rows),
-             *[report.image(f, "comparison chart") for f in figs]]
-    if runs_dir is not None:
-        curves = {n: report.loss_curve_data(runs_dir / n) for n in names}
-        curves = {k: v for k, v in curves.items() if v}
-        if curves:
-            parts.append(report.image(plots.loss_curves(curves), "loss curves"))
-    return parts
-

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lorakit.train.progress import peak_rss_mb
+from lorakit.runtime.memory import peak_rss_mb
 
 
 def saved_bytes(out: Path, method: str) -> int:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from lorakit.eval.generation import Job, generate_all, sampling
-from lorakit.eval.perplexity import BASE, summed_nll, target_context
-from lorakit.train.batches import Sample
+from lorakit.data.schema import Sample
+from lorakit.eval.perplexity import summed_nll, target_context
+from lorakit.infer.batch import BASE, Job, generate_all, sampling
+from lorakit.infer.prompts import encode_request
 
 EVERYDAY_PROMPTS: tuple[str, ...] = (
     "What is the capital of France?",
@@ -26,15 +27,6 @@ EVERYDAY_PROMPTS: tuple[str, ...] = (
     "Suggest a name for a small coffee shop.",
     "What is the difference between weather and climate?",
 )
-
-
-def encode_request(tokenizer, text: str) -> list[int]:
-    """A user request as the model expects it: its chat template when it has one, else plain text."""
-    if getattr(tokenizer, "chat_template", None):
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                 tokenize=False)
-        return tokenizer(rendered, add_special_tokens=False).input_ids
-    return tokenizer(text).input_ids
 
 
 def base_answers(model: nn.Module, tokenizer, prompts: tuple[str, ...] = EVERYDAY_PROMPTS,

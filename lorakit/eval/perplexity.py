@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from lorakit.adapters import disable_adapters, set_adapter
-from lorakit.train.batches import Sample, padded_batch
+from lorakit.data.schema import Sample
+from lorakit.infer.batch import BASE
+from lorakit.train.batches import padded_batch
 from lorakit.train.objective import causal_lm_loss
 
-BASE = "base"  # the report's name for the model without adapters
 
 
 def summed_nll(model: nn.Module, samples: list[Sample], pad_id: int, batch_tokens: int = 4096) -> tuple[float, int]:

@@ -134,6 +134,38 @@ def _samples_section(samples: list[dict]) -> list[str]:
     return out
 
 
+def compare_section(result: dict, runs_dir: Path | None = None) -> list[str]:
+    """HTML parts: the comparison table, bar charts and (if the run folders exist) loss curves."""
+    base = result["base"]["perplexity"]["overall"]["ppl"]
+    headers = ["method", "trainable params", "trainable %", "held-out ppl", "ppl vs base", "train wall s",
+               "peak RSS MB", "saved MB", "tokens"]
+    rows = [["base (no training)", 0, 0.0, base, "", "", "", "", ""]]
+    for r in result["runs"]:
+        ppl = r["perplexity"]["overall"]["ppl"]
+        rows.append([r["name"], r["trainable"], r["trainable_pct"], ppl, f"{100 * (ppl - base) / base:+.1f}%",
+                     r["train_seconds"], r["peak_rss_mb"], r["saved_bytes"] / 2**20, r["tokens"]])
+    names = [r["name"] for r in result["runs"]]
+    figs = [
+        plots.bars(["base", *names], [base, *[r["perplexity"]["overall"]["ppl"] for r in result["runs"]]],
+                   "perplexity", "held-out perplexity (lower is better)"),
+        plots.bars(names, [r["train_seconds"] for r in result["runs"]], "seconds", "training wall time"),
+        plots.bars(names, [r["peak_rss_mb"] for r in result["runs"]], "MiB", "peak memory (RSS)"),
+        plots.bars(names, [max(r["trainable"], 1) for r in result["runs"]], "parameters", "trainable parameters",
+                   log=True),
+    ]
+    parts = ["<h2>Method comparison</h2>",
+             f'<p class="note">Same data, same {result["steps"]} steps of batch {result["batch_size"]} x '
+             f'{result["max_seq_len"]} tokens for every method; each trained in a fresh process '
+             "(peak RSS is that process's).</p>", table(headers, rows),
+             *[image(f, "comparison chart") for f in figs]]
+    if runs_dir is not None:
+        curves = {n: loss_curve_data(runs_dir / n) for n in names}
+        curves = {k: v for k, v in curves.items() if v}
+        if curves:
+            parts.append(image(plots.loss_curves(curves), "loss curves"))
+    return parts
+
+
 def eval_html(report: dict) -> str:
     """The full eval report page."""
     body = [f'<p class="note">model {esc(report["model"])} · data {esc(report["data"])} · '
@@ -150,8 +182,6 @@ def eval_html(report: dict) -> str:
     if report.get("samples"):
         body += _samples_section(report["samples"])
     if report.get("compare"):
-        from lorakit.eval.compare import compare_section  # compare builds on this module: import late
-
         body += compare_section(report["compare"])
     timing = report.get("seconds", {})
     body.append(f'<p class="note">time: {esc(", ".join(f"{k} {v:.1f}s" for k, v in timing.items()))}</p>')

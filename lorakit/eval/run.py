@@ -13,7 +13,8 @@ import torch
 from lorakit.adapters import load_adapter, read_adapter_config
 from lorakit.errors import LorakitError
 from lorakit.eval import dataset, drift, report, samples
-from lorakit.eval.perplexity import BASE, perplexity_table
+from lorakit.eval.perplexity import perplexity_table
+from lorakit.infer.batch import BASE
 
 log = logging.getLogger("lorakit")
 
@@ -43,8 +44,8 @@ def run_eval(model_spec: str | None, adapters: dict[str, str | os.PathLike], dat
     auto (bf16 where the CPU runs it natively). Returns the report dict (what report.json holds).
     """
     from lorakit.models import load_model
-    from lorakit.train.precision import check_precision, hold_base_in
-    from lorakit.train.run import set_threads
+    from lorakit.runtime.precision import check_precision, hold_base_in
+    from lorakit.runtime.device import set_threads
 
     started = time.perf_counter()
     seconds: dict[str, float] = {}

@@ -12,7 +12,7 @@ from torch import nn
 
 from lorakit.eval import style
 from lorakit.eval.dataset import Row, prompt_ids
-from lorakit.eval.generation import Job, generate_all, sampling
+from lorakit.infer.batch import Job, generate_all, sampling
 
 SEED_TASKS = ("theme", "character", "scene")
 

@@ -1,4 +1,5 @@
-"""Batch generation for evaluation on the serving engine (KV cache, one batch for all targets).
+"""Batch generation on the serving engine (KV cache, one batch for all targets): for evaluation
+and for the replay rows `lorakit data prepare` writes.
 
 Every (prompt, target) pair is one engine request, so the base model and each adapter
 answer the same prompts side by side in shared forward passes (`adapter_rows`). Each
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 from torch import nn
 
 from lorakit.errors import LorakitError
-from lorakit.eval.perplexity import BASE
 from lorakit.infer.engine import Engine
 from lorakit.infer.sampling import SamplingParams
+
+BASE = "base"  # the name of the model without adapters (in jobs, and in evaluation reports)
 
 
 @dataclass
@@ -33,7 +35,7 @@ def generate_all(model: nn.Module, tokenizer, jobs: list[Job], max_batch: int = 
         return []
     limit = getattr(model.config, "max_position_embeddings", None) or 2048
     longest = max(len(j.prompt_ids) + j.params.max_tokens for j in jobs) + 1
-    # size the KV cache for these jobs only: a 2048-token cache per slot wastes hundreds of MB
+    # size the KV cache for these jobs only: a cache of the model's whole context per slot would mostly sit unused
     engine = Engine(model, tokenizer, max_batch=min(max_batch, len(jobs)), max_context=min(longest, limit),
                     max_queue=len(jobs) + 1)
     try:

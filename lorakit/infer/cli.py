@@ -24,12 +24,12 @@ def _quantize_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _precision_arg(p: argparse.ArgumentParser) -> None:
-    from lorakit.train.precision import PRECISIONS
+    from lorakit.runtime.precision import PRECISIONS
 
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="bf16: the base's weights and KV cache in bf16 (adapters stay fp32), for CPUs that run "
-                        "bf16 natively (AVX512-BF16, AMX): SmolLM2-135M prefill ~2.9x and decode ~1.8x faster "
-                        "than fp32 on one; ~400x slower on an AVX2-only CPU. auto measures and picks. Default fp32")
+                        "bf16 natively (AVX512-BF16, AMX), where it is faster than fp32; on an AVX2-only CPU it "
+                        "is far slower (figures in bench/RESULTS_serve.md). auto measures and picks. Default fp32")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +78,7 @@ def _load(model_spec, adapter_specs, quantize: str | None = None, precision: str
     from lorakit.errors import LorakitError
     from lorakit.infer.generate import parse_adapter_specs
     from lorakit.quant.load import load_base_model, parse_quantize
-    from lorakit.train.precision import check_precision, hold_base_in
+    from lorakit.runtime.precision import check_precision, hold_base_in
 
     quantized = parse_quantize(quantize) is not None  # refuse a bad value before parsing anything else
     if quantized and check_precision(precision) == "bf16":

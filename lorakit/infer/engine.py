@@ -46,14 +46,13 @@ def worker_threads(requested: int | None = None) -> int:
     """Intra-op threads for the engine's worker thread: `requested`, else 1 on a machine with at
     most 2 usable cores, else torch's current setting.
 
-    The worker is not the thread that loaded the model, and on the 2-core machine this project
-    is measured on, torch ops run with 2 OpenMP threads from such a second thread were slower
-    than with 1: a (16 x 576) @ (576 x 1536) GEMM took 450 us or more there against 340 us
-    single-threaded (228 us with 2 threads on the main thread), and the 16-request, 8-adapter
-    benchmark ran at 59-60 tok/s with 2 threads against 68-74 tok/s with 1. A likely cause:
+    The worker is not the thread that loaded the model, and on a 2-core machine torch ops run
+    with 2 OpenMP threads from such a second thread were slower than with 1, both for a single
+    decode-sized GEMM and for the multi-adapter serving benchmark end to end (figures in
+    bench/RESULTS_serve.md, "Engine thread runs single-threaded on <= 2 cores"). A likely cause:
     libgomp shortens its spin-waits once it manages more threads than there are cores, so
     parallel regions end in futex sleeps and wake-ups. With more cores, parallel GEMMs should
-    be worth that cost (not measured here), so torch's setting is kept there.
+    be worth that cost (not benchmarked), so torch's setting is kept there.
     """
     if requested is not None:
         if requested < 1:

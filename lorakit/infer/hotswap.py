@@ -5,7 +5,7 @@ Files are read and checked, and the new adapter's modules built, on the caller's
 milliseconds) runs on the engine's worker thread, between two decode steps, so running
 streams do not wait for a load. The load returns once that insert is queued: the engine takes
 its queue in order, so any request sent afterwards runs with the adapter in place, and a load
-does not wait out the decode step in flight (~150 ms with 16 streams on 2 cores).
+does not wait out the decode step in flight (bench/RESULTS_serve.md has the timings).
 An unloaded adapter stops taking new requests at once and is deleted when its last running
 request ends.
 """

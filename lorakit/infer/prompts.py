@@ -43,6 +43,13 @@ def encode_chat(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
+def encode_request(tokenizer, text: str) -> list[int]:
+    """A user request as the model expects it: its chat template when it has one, else plain text."""
+    if has_chat_template(tokenizer):
+        return encode_chat(tokenizer, [{"role": "user", "content": text}])
+    return tokenizer(text).input_ids
+
+
 def encode_prompt(tokenizer, prompt) -> list[int]:
     """Token ids of a completion prompt: a string, a one-string list, or a list of token ids."""
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):

@@ -6,6 +6,6 @@
 """
 
 from lorakit.plan.estimate import METHODS, Estimate, estimate
-from lorakit.plan.malloc import lean_malloc, own_weights, release_free_heap
+from lorakit.plan.speed import SpeedPlan, resolve_speed
 
-__all__ = ["METHODS", "Estimate", "estimate", "lean_malloc", "own_weights", "release_free_heap"]
+__all__ = ["METHODS", "Estimate", "SpeedPlan", "estimate", "resolve_speed"]

@@ -13,8 +13,8 @@ on Llama/Qwen2 layers, sdpa attention, and exact for every size tried):
 * each LoRA adapter's ``A x`` (r), and with LoRA dropout a dropped copy of its input (+ mask);
 * full fine-tuning: the two normalised inputs the trained norm weights multiply (2 H).
 
-Lean layers (`lorakit.train.lean`, the trainer's default without checkpointing, Llama-style
-families): SiLU(gate) (I) and the recomputable linear inputs (norm outputs, the SwiGLU product)
+Lean layers (`lorakit.train.lean`, when the speed plan's `lean` is on: the trainer's default
+without checkpointing, where the family registry allows them): SiLU(gate) (I) and the recomputable linear inputs (norm outputs, the SwiGLU product)
 are not kept, except the first layer's input norm output, which reads the frozen embedding.
 
 With gradient checkpointing only each layer's input (H) is kept, and one layer's set is rebuilt
@@ -31,12 +31,6 @@ from __future__ import annotations
 from lorakit.plan.arch import ArchFacts
 
 FP32 = 4
-
-
-def lean_applies(arch: ArchFacts, grad_checkpoint: bool, lean: bool) -> bool:
-    from lorakit.train.lean import FAMILIES
-
-    return lean and not grad_checkpoint and arch.model_type in FAMILIES
 
 
 def saved_bytes_per_token_per_layer(arch: ArchFacts, method: str, rank: int, lora_dropout: float,
@@ -63,8 +57,8 @@ def backward_working_set_per_token(arch: ArchFacts) -> int:
 
 def activation_bytes(arch: ArchFacts, method: str, tokens: int, rank: int, grad_checkpoint: bool,
                      lora_dropout: float = 0.0, lean: bool = True) -> int:
-    """Peak bytes of saved activations plus one layer's backward working set, for `tokens` = B x S."""
-    lean = lean_applies(arch, grad_checkpoint, lean)
+    """Peak bytes of saved activations plus one layer's backward working set, for `tokens` = B x S;
+    `lean`: the speed plan's (lean layers run)."""
     layer = saved_bytes_per_token_per_layer(arch, method, rank, lora_dropout, lean)
     work = FP32 * (backward_working_set_per_token(arch) + arch.hidden)  # + the embedding output
     if grad_checkpoint:  # every layer's input + the one layer being rebuilt

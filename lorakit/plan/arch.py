@@ -16,6 +16,8 @@ from pathlib import Path
 from torch import nn
 
 from lorakit.errors import LorakitError
+from lorakit.families import family_for
+from lorakit.naming import layer_index
 
 
 @dataclass
@@ -38,12 +40,8 @@ class ArchFacts:
     input_embedding_params: int = 0  # only when not tied to the output head
     checkpoint_fp32: bool = False  # config.json says the weights are stored in float32
     saved_input_groups: dict[int, int] = field(default_factory=dict)  # in_features -> inputs saved per layer
-    # per layer and token: saved linear inputs that lean layers recompute (norm outputs, SwiGLU product)
+    # per layer and token: saved linear inputs that lean layers recompute (norm outputs, gated product)
     recomputable_inputs: int = 0
-
-
-# linears whose input `lorakit.train.lean` recomputes in backward: a norm output or the SwiGLU product
-RECOMPUTED_INPUT_OF = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 def load_config(spec):
@@ -72,7 +70,6 @@ def arch_facts(config, rank: int, targets: list[str] | str, method: str) -> Arch
     """Count parameters, quantizable linears and adapter parameters of `config` on the meta device."""
     from lorakit.adapters.config import LoraConfig
     from lorakit.adapters.model import plan_targets
-    from lorakit.adapters.targets import layer_index
     from lorakit.quant.load import build_on_meta
     from lorakit.quant.model import dense_weight_out_in, quantizable_linears
 
@@ -83,6 +80,8 @@ def arch_facts(config, rank: int, targets: list[str] | str, method: str) -> Arch
     linears = quantizable_linears(model)
     linear_params = sum(m.weight.numel() for _, m in linears)
     bias_params = sum(m.bias.numel() for _, m in linears if m.bias is not None)
+    lean = family_for(config).lean
+    recomputed_input_of = lean.recomputed_input_of if lean else frozenset()
     adapter_params, adapted, adapted_in, groups, recomputable = 0, 0, 0, set(), set()
     if method != "full":
         chosen, _ = plan_targets(model, LoraConfig(r=rank, target_modules=targets))
@@ -97,13 +96,13 @@ def arch_facts(config, rank: int, targets: list[str] | str, method: str) -> Arch
             # linears under the same parent with the same input width read one tensor (q/k/v,
             # gate/up): autograd saves it once for all their LoRA A matmuls
             groups.add((layer_index(name), name.rpartition(".")[0], in_f))
-            if name.rpartition(".")[2] in RECOMPUTED_INPUT_OF:
+            if name.rpartition(".")[2] in recomputed_input_of:
                 recomputable.add((layer_index(name), name.rpartition(".")[0], in_f))
     else:
         for name, module in linears:
             out_f, in_f = dense_weight_out_in(module).shape
             groups.add((layer_index(name), name.rpartition(".")[0], in_f))
-            if name.rpartition(".")[2] in RECOMPUTED_INPUT_OF:
+            if name.rpartition(".")[2] in recomputed_input_of:
                 recomputable.add((layer_index(name), name.rpartition(".")[0], in_f))
     n_layers = int(config.num_hidden_layers)
     per_layer: dict[int, int] = {}

@@ -14,16 +14,23 @@ def _targets(value: str) -> list[str] | str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Print the breakdown; exit 1 when the run won't fit (so scripts can check)."""
-    from lorakit.models import DEFAULT_MODEL
-    from lorakit.plan.estimate import NO_FIT, estimate
+    import torch
 
-    est = estimate(args.model or DEFAULT_MODEL, method=args.method, batch_size=args.batch_size,
-                   seq_len=args.seq_len, rank=args.rank, targets=_targets(args.targets),
-                   grad_checkpoint=args.grad_checkpoint, loss_chunk_tokens=args.loss_chunk_tokens,
-                   lora_dropout=args.dropout, release=args.release_memory, precision=args.precision,
-                   compile=args.compile)
+    from lorakit.models import DEFAULT_MODEL
+    from lorakit.plan.arch import load_config
+    from lorakit.plan.estimate import NO_FIT, estimate
+    from lorakit.plan.speed import resolve_speed
+
+    config = load_config(args.model or DEFAULT_MODEL)
+    speed = resolve_speed(model_type=config.model_type, method=args.method, device=torch.device("cpu"),
+                          precision=args.precision, compile=args.compile, grad_checkpoint=args.grad_checkpoint,
+                          release_memory=args.release_memory)
+    est = estimate(config, method=args.method, batch_size=args.batch_size, seq_len=args.seq_len, rank=args.rank,
+                   targets=_targets(args.targets), loss_chunk_tokens=args.loss_chunk_tokens,
+                   lora_dropout=args.dropout, speed=speed)
     print(f"model: {args.model or DEFAULT_MODEL}  batch {args.batch_size} x {args.seq_len} tokens, "
-          f"rank {args.rank}, targets {args.targets}, grad checkpointing {'on' if args.grad_checkpoint else 'off'}")
+          f"rank {args.rank}, targets {args.targets}")
+    print(speed.format())
     print(est.format())
     return 1 if est.verdict == NO_FIT else 0
 
@@ -42,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--release-memory", action=argparse.BooleanOptionalAction, default=False,
                    help="as train's --release-memory: freed memory goes back to the OS (lower peak, slower)")
     p.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (each adapter then keeps a dropped copy of its input)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                    help="as train's --precision: bf16 holds a LoRA run's frozen linears in bf16")
     p.add_argument("--compile", action="store_true", help="as train's --compile (noted: activations are planned eager)")
     p.set_defaults(func=cmd_plan)

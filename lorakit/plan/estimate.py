@@ -2,24 +2,24 @@
 
 Assumptions (each a parameter or a constant documented here):
 
-* fp32 compute and fp32 master weights (CPU); AdamW with two fp32 states per trained weight;
-  with ``precision="bf16"`` a LoRA run holds its frozen linears in bf16 (`precision.store_frozen`;
-  embeddings, norms and the head stay fp32), which `weights` counts exactly. Activations are still
-  counted as fp32 eager training's, which bf16 autocast and --compile undercut (`BF16_NOTE`);
+* the run's speed plan (`lorakit.plan.speed`) says what runs: fp32 or bf16 compute, lean layers,
+  bf16-held frozen linears (`frozen_bf16`: embeddings, norms and the head stay fp32; `weights`
+  counts them exactly), checkpointing, --release-memory. fp32 master weights; AdamW with two
+  fp32 states per trained weight. Activations are counted as fp32 eager training's, which bf16
+  autocast and --compile undercut (`BF16_NOTE`);
 * ``qlora``: transformer-block linears stored as NF4 (4.127 bits per weight, see
   `lorakit.quant.nf4`), embeddings / norms / output head in fp32; ``lora``: all weights fp32;
 * the loss is a chunked cross entropy over `loss_chunk_tokens` tokens at a time;
-* with ``release`` (the trainer's --release-memory), large tensors are returned to the OS when
-  freed (`lorakit.plan.malloc.lean_malloc`), so resident memory follows live tensors; without it
-  (the default: page faults on every fresh tensor cost ~30% of the tokens/s), the C heap keeps
-  freed activations and its fragments resident: ``heap`` = `HEAP_RETAINED` x (activations +
-  logits), measured;
+* with --release-memory, large tensors are returned to the OS when freed
+  (`lorakit.runtime.memory.lean_malloc`), so resident memory follows live tensors; without it
+  (the default: page faults on every fresh tensor cost speed), the C heap keeps freed
+  activations and its fragments resident: ``heap`` = `HEAP_RETAINED` x (activations + logits);
 * ``qlora`` loads with `lorakit.quant.load_quantized`, which leaves fp32 tensors it does not
   quantize as views of the checkpoint's file mapping; an untied input embedding is only read a
-  row at a time, yet measured after a 1.5B QLoRA run 398 MB of its 933 MB were resident (which
-  pages the kernel keeps is not ours to predict). It is counted in full, erring high (a plan
-  that says "fits" wrongly costs more than a cautious one); ``mapped`` shows how much of the
-  weights it is (bench/RESULTS_quant.md, round 2);
+  row at a time, yet a good part of it stays resident (which pages the kernel keeps is not ours
+  to predict; bench/RESULTS_quant.md, round 2). It is counted in full, erring high (a plan that
+  says "fits" wrongly costs more than a cautious one); ``mapped`` shows how much of the weights
+  it is;
 * everything counted is alive together at the end of backward (gradients and optimizer state
   exist from the first optimizer step on), a slight over-estimate for the first step.
 """
@@ -33,29 +33,28 @@ import psutil
 from lorakit.errors import LorakitError
 from lorakit.plan.activations import FP32, activation_bytes, loss_bytes
 from lorakit.plan.arch import ArchFacts, arch_facts, load_config
+from lorakit.plan.speed import SpeedPlan, resolve_speed
 
 METHODS = ("full", "lora", "qlora")
 
 # Resident memory of Python + torch + transformers + lorakit after the first forward/backward
-# (oneDNN/OpenMP state), before any model: 0.42 GB measured on the 2-core laptop (bench/RESULTS_quant.md).
+# (oneDNN/OpenMP state), before any model (bench/RESULTS_quant.md).
 RUNTIME_BYTES = 420_000_000
 
 # NF4 storage per weight in bytes: 4 bits + int8 absmax per 64 + fp32 scale per 64*256 (QLoRA sec. 3)
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
 
 # Freed activation memory glibc's heap keeps resident without --release-memory, as a share of the
-# planned activations + logits: measured peak RSS without minus with release, SmolLM2-135M LoRA r=16,
-# lean layers, 8 steps: 4 x 256: 575 MB of 951 (0.60); 4 x 512: 1269 of 1701 (0.75); 1 x 512: see
-# bench/RESULTS.md. The largest share is used: a plan that says "fits" wrongly costs more.
+# planned activations + logits: peak RSS without minus with release, the largest share measured
+# over three shapes (bench/RESULTS.md, round 3): a plan that says "fits" wrongly costs more.
 HEAP_RETAINED = 0.75
 
 FITS, TIGHT, NO_FIT = "fits", "tight", "won't fit"
 
 BF16 = 2
-# measured: SmolLM2-135M LoRA r=16 at 4 x 256, --precision bf16 --compile: peak 1.65-1.77 GB against
-# 2.49 GB planned (bench/RESULTS.md, round 4)
-BF16_NOTE = ("activations planned as fp32 eager training's; bf16 and --compile keep less (measured 0.66-0.71x "
-             "of this total for SmolLM2 at 4 x 256): the plan errs high")
+# how far below the plan a bf16 / compiled run's peak lands: bench/RESULTS.md, round 4
+BF16_NOTE = ("activations planned as fp32 eager training's; bf16 and --compile keep less "
+             "(bench/RESULTS.md): the plan errs high")
 
 
 @dataclass
@@ -102,7 +101,7 @@ class Estimate:
                          "read per token (counted in full)")
         if self.heap:
             lines.append(f"{'(heap)':<12} {'':>8}  freed activations the C heap keeps resident; --release-memory "
-                         "returns them at ~0.7x the tokens/s")
+                         "returns them, at a cost in speed")
         if self.note:
             lines.append(f"{'(note)':<12} {'':>8}  {self.note}")
         lines.append(f"{'available':<12} {self.available / 1e9:>8.3f}")
@@ -127,45 +126,40 @@ def weight_bytes(arch: ArchFacts, method: str, frozen_bf16: bool = False) -> int
 
 
 def estimate(config_or_model_spec, method: str = "lora", batch_size: int = 1, seq_len: int = 512, rank: int = 16,
-             targets: list[str] | str = "all-linear", grad_checkpoint: bool = True, loss_chunk_tokens: int = 1024,
-             lora_dropout: float = 0.0, lean: bool = True, release: bool = False,
-             available: int | None = None, precision: str = "fp32", compile: bool = False,
-             frozen_bf16: bool | None = None) -> Estimate:
+             targets: list[str] | str = "all-linear", loss_chunk_tokens: int = 1024, lora_dropout: float = 0.0,
+             available: int | None = None, speed: SpeedPlan | None = None) -> Estimate:
     """Predict the peak memory of training `config_or_model_spec` (a transformers config, a
-    config.json path, or a model alias/directory) with `method` ('full', 'lora', 'qlora');
-    `lean` as the trainer's --lean-memory (recomputed norm and SwiGLU outputs, no checkpointing),
-    `release` as its --release-memory (freed memory goes back to the OS at once), `precision`
-    ('fp32' or 'bf16') and `compile` as its resolved --precision and --compile; `frozen_bf16`
-    whether the frozen linears are held in bf16 (default: as `lorakit.train.precision.frozen_dtype`
-    decides for `method`; the trainer passes its own method's answer, DoRA being planned as lora)."""
+    config.json path, or a model alias/directory) with `method` ('full', 'lora', 'qlora').
+    `speed`: the run's resolved speed plan (`lorakit.plan.speed.resolve_speed`; the trainer passes
+    its own); default: the trainer's defaults for `method` on a CPU."""
     if method not in METHODS:
         raise LorakitError(f"unknown method {method!r}; use one of: {', '.join(METHODS)}")
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("rank", rank),
                         ("loss_chunk_tokens", loss_chunk_tokens)):
         if value < 1:
             raise LorakitError(f"{name} must be a positive integer, got {value}")
-    arch = arch_facts(load_config(config_or_model_spec), rank, targets, method)
-    if frozen_bf16 is None:  # the trainer's rule for its methods of the same names
-        from lorakit.train.precision import frozen_dtype
+    config = load_config(config_or_model_spec)
+    if speed is None:
+        import torch
 
-        frozen_bf16 = frozen_dtype(precision, method) is not None
+        speed = resolve_speed(model_type=config.model_type, method=method, device=torch.device("cpu"))
+    arch = arch_facts(config, rank, targets, method)
     trainable = arch.params if method == "full" else arch.adapter_params
     tokens = batch_size * seq_len
-    activations = activation_bytes(arch, method, tokens, rank, grad_checkpoint, lora_dropout, lean)
+    activations = activation_bytes(arch, method, tokens, rank, speed.grad_checkpoint, lora_dropout, speed.lean)
     logits = loss_bytes(arch, tokens, loss_chunk_tokens)
     return Estimate(
         runtime=RUNTIME_BYTES,
-        weights=weight_bytes(arch, method, frozen_bf16),
+        weights=weight_bytes(arch, method, speed.frozen_bf16),
         adapter=0 if method == "full" else FP32 * arch.adapter_params,
         gradients=FP32 * trainable,
         optimizer=2 * FP32 * trainable,
         activations=activations,
         logits=logits,
-        heap=0 if release else int(HEAP_RETAINED * (activations + logits)),
+        heap=0 if speed.release_memory else int(HEAP_RETAINED * (activations + logits)),
         available=psutil.virtual_memory().available if available is None else available,
         mapped=mapped_bytes(arch, method),
         method=method,
         trainable_params=trainable,
-        note=BF16_NOTE if precision == "bf16" or compile else "",
+        note=BF16_NOTE if speed.precision == "bf16" or speed.compile else "",
     )
-

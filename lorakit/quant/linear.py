@@ -1,10 +1,10 @@
 """Frozen quantized linear layers (NF4, int8) that dequantize on the fly, a block of rows at a time.
 
 ``y = x W^T + b`` with W stored quantized. The forward and the input gradient
-(``dx = dy W``) dequantize W in row chunks of about 8 MB into one reused buffer that the
-matmul reads right away; no full fp32 copy of W ever exists. W gets no gradient and nothing
-is saved for backward but a reference to the layer, so QLoRA keeps only the quantized
-weights in memory. These modules expose the protocol `lorakit.adapters.LoraLinear` expects of a
+(``dx = dy W``) dequantize W in row chunks of about ``CHUNK_ELEMENTS`` weights into one reused
+buffer that the matmul reads right away; no full fp32 copy of W ever exists. W gets no gradient
+and nothing is saved for backward but a reference to the layer, so QLoRA keeps only the
+quantized weights in memory. These modules expose the protocol `lorakit.adapters.LoraLinear` expects of a
 quantized base: ``in_features``, ``out_features``, ``bias``, ``dequantize()`` and ``forward``.
 """
 
@@ -18,10 +18,10 @@ from torch import nn
 from lorakit.quant.int8 import dequantize_int8_rows, quantize_int8
 from lorakit.quant.nf4 import BLOCK, NF4Parts, dequantize_absmax, dequantize_nf4_range, quantize_nf4
 
-# Elements of W dequantized per chunk (8 MB of fp32, reused). Measured on the 2-core AVX2 laptop,
-# 512 tokens, one thread, forward/input-grad ms: 8960x1536 dense 172/138, chunks of 2^19 217/177,
-# 2^21 168/146; 1536x8960 dense 147/133, 2^19 252/212, 2^21 181/182 (wide inputs need more rows
-# per chunk for an efficient matmul; 2^22 gains little more).
+# Elements of W dequantized per chunk (one reused fp32 buffer). Chosen from one-thread kernel timings
+# of 2^19, 2^21 and 2^22-element chunks against the dense matmul (bench/RESULTS_quant.md): wide
+# inputs need more rows per chunk for an efficient matmul, smaller chunks mean more small OpenMP
+# regions, and 2^22 gains little more.
 CHUNK_ELEMENTS = 1 << 21
 
 

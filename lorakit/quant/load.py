@@ -21,7 +21,7 @@ from torch import nn
 
 from lorakit.errors import LorakitError
 from lorakit.models import _quiet_transformers, load_tokenizer, resolve_model
-from lorakit.plan.malloc import release_free_heap
+from lorakit.runtime.memory import release_free_heap
 from lorakit.quant.model import METHODS, quant_class, quantizable_linears, replace_module
 
 QUANTIZE_CHOICES = ("none", *METHODS)  # values of --quantize on generate, serve and merge

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import LorakitError
+from lorakit.naming import name_matches
 from lorakit.quant.linear import QUANT_CLASSES, QuantLinear
 
 METHODS = tuple(QUANT_CLASSES)
@@ -42,10 +43,8 @@ def quantizable_linears(model: nn.Module, skip: list[str] | None = None,
 
     `skip` uses PEFT's rule (a module whose name equals an entry or ends with ``"." + entry``).
     """
-    from lorakit.adapters.layers import LoraLayer
-    from lorakit.adapters.targets import name_matches
-
-    if any(isinstance(m, LoraLayer) for m in model.modules()):
+    # an adapter wrapper (lorakit's or PEFT's) holds the layer it wraps as `base_layer`
+    if any(isinstance(getattr(m, "base_layer", None), nn.Module) for m in model.modules()):
         raise LorakitError("quantize the model before add_adapter/load_adapter: it already has LoRA layers")
     head = set() if quantize_head else output_head_names(model)
     chosen = []

@@ -115,7 +115,7 @@ def dequantize_nf4_range(packed: torch.Tensor, absmax: torch.Tensor, start: int,
 
     `start` must be a multiple of 64 (a block boundary); `absmax` is `dequantize_absmax`'s output.
     `out`, if given, is a reusable fp32 buffer of at least the padded length: writing into it
-    avoids a fresh allocation, whose page faults cost 3x the lookup itself on a CPU.
+    avoids a fresh allocation, whose page faults cost more than the lookup itself on a CPU.
     """
     b0, b1 = start // BLOCK, -(-end // BLOCK)
     n = (b1 - b0) * BLOCK

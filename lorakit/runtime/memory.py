@@ -1,17 +1,18 @@
-"""Make freed tensor memory go back to the OS at once (glibc), so RSS follows live tensors.
+"""Process memory: resident size, glibc's heap, and pages of mapped weight files.
 
-glibc raises its mmap threshold each time a large block is freed (up to 32 MB); after that,
-tensors of a few MB come from the heap, and the heap's high-water mark stays resident. On
-SmolLM2-135M LoRA this kept ~0.45 GB of freed activations resident (bench/RESULTS_quant.md).
-Pinning the threshold at 1 MB serves every larger tensor by mmap, returned on free; the cost is
-a page fault per fresh page, small next to the matmuls that fill those tensors.
+glibc raises its mmap threshold each time a large block is freed (up to its 32 MiB ceiling); after that,
+tensors of a few MB come from the heap, and the heap's high-water mark stays resident
+(bench/RESULTS_quant.md). Pinning the threshold at 1 MB (`lean_malloc`) serves every larger
+tensor by mmap, returned on free; the cost is a page fault per fresh page.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import sys
 
+import psutil
 import torch
 
 M_MMAP_THRESHOLD = -3  # glibc malloc.h
@@ -38,9 +39,8 @@ def release_free_heap() -> None:
 
     Blocks under the mmap threshold come from the heap; long-lived small tensors (LoRA factors,
     their AdamW state) interleaved with per-step ones fragment it, and its freed holes keep counting
-    in RSS. Quantizing a layer (lorakit.quant.load): trimming after each layer lowers the load's
-    peak RSS from 534 to 466 MiB (nf4), 624 to 508 MiB (int8). Training SmolLM2-135M: the heap grew
-    160 -> 446 MB over three steps untrimmed and stays at ~200 MB trimmed after each step.
+    in RSS (quantizing layer by layer and training step by step both leave such holes;
+    bench/RESULTS_quant.md and bench/RESULTS.md have the figures).
     """
     if not _MALLOC_TRIM:
         try:
@@ -100,9 +100,8 @@ def own_weights(model: torch.nn.Module) -> int:
 
     transformers maps the safetensors file and its tensors point into it. Pages read once (the
     q/k/v and gate/up weights that `fuse_projections` copies into fused GEMMs) then stay resident
-    as long as any tensor keeps the mapping alive: 278 MB of dead pages for SmolLM2-135M. Each
-    frozen tensor's old pages are dropped right after its copy, so the copy never holds the
-    model twice (it did: a 1.08 GB transient for SmolLM2, the peak of a checkpointed LoRA run).
+    as long as any tensor keeps the mapping alive. Each frozen tensor's old pages are dropped
+    right after its copy, so the copy never holds the model twice.
     """
     ranges = file_mappings()
     copied = 0
@@ -114,3 +113,28 @@ def own_weights(model: torch.nn.Module) -> int:
                 drop_file_pages(old)
             copied += 1
     return copied
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MiB."""
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB.
+
+    On Linux this is VmHWM (/proc/self/status), which starts afresh at exec. `ru_maxrss` does not:
+    a process started by fork + exec reports at least its parent's resident size at the fork, so
+    workers (`lorakit compare`) would report their parent's peak instead of their own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource  # not on Windows; /proc is not on macOS, where ru_maxrss is in bytes
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10

@@ -1,11 +1,11 @@
-"""Compute precision of a training run: fp32, or bf16 mixed precision where bf16 GEMMs are native.
+"""Compute precision: fp32, or bf16 mixed precision where the chip runs bf16 GEMMs natively.
 
-bf16 mixed precision is autocast: matmuls run in bf16 with fp32 accumulation, while the adapter
-weights, their gradients, the optimizer state, norms, softmax and the loss stay fp32 (the chunked
-loss upcasts each logits chunk, `lorakit.train.loss`). Whether it pays depends on the chip: a CPU
-with AVX512-BF16 or AMX runs bf16 GEMMs ~4x faster than fp32 (measured on this project's EPYC:
-786 vs 192 GFLOP/s at 1024 x 576 @ 576 x 1536), one with AVX2 only emulates them ~400x slower.
-So `auto` measures instead of guessing from flags, and an explicit `bf16` on a slow chip warns.
+bf16 mixed precision is autocast: matmuls run in bf16 with fp32 accumulation, while adapter
+weights, their gradients, optimizer state, norms, softmax and the loss stay fp32. Whether it pays
+depends on the chip: a CPU with AVX512-BF16 or AMX runs bf16 GEMMs several times faster than
+fp32, one with AVX2 only emulates them far slower (bench/RESULTS.md prints both rates per
+machine). So `auto` measures instead of guessing from flags, and an explicit `bf16` on a slow
+chip warns.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def gemm_gflops(dtype: torch.dtype, n: int = 256, seconds: float = 0.05) -> floa
 
 @functools.cache
 def native_bf16(device_type: str) -> bool:
-    """Does `device_type` run bf16 matmuls at least as fast as fp32? (CPU: measured once, ~0.1 s)."""
+    """Does `device_type` run bf16 matmuls at least as fast as fp32? (CPU: a short probe, once per process)."""
     import torch
 
     if device_type == "cuda":
@@ -78,20 +78,6 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def frozen_dtype(precision: str, method: str) -> "torch.dtype | None":
-    """The dtype a run holds its frozen projection weights in: bf16 for a bf16 LoRA run, else as loaded.
-
-    Autocast would cast them to bf16 on every use, so the GEMMs see the very same values (the same
-    round-to-nearest), bit for bit; holding them so saves the fp32 copies: 371 MB of SmolLM2-135M's
-    peak (2275 -> 1904 MB at 4 x 256 with --compile, same speed). Only for `lora`: DoRA's norms read
-    the base weight in fp32 math, head-only saves the whole model, full trains every weight, QLoRA's
-    are quantized already.
-    """
-    import torch
-
-    return torch.bfloat16 if precision == "bf16" and method == "lora" else None
-
-
 def hold_base_in(model: "torch.nn.Module", precision: str) -> str:
     """Inference (`generate`, `serve`, `eval`): resolve `precision` on the model's device and cast the
     whole base to bf16 when it resolves so; returns 'fp32' or 'bf16'. Call it before loading adapters,
@@ -102,31 +88,3 @@ def hold_base_in(model: "torch.nn.Module", precision: str) -> str:
     if resolved == "bf16":
         model.to(torch.bfloat16)
     return resolved
-
-
-def store_frozen(model: "torch.nn.Module", dtype: "torch.dtype") -> int:
-    """Recast the frozen fp32 weights and biases of plain and fused linear layers to `dtype`; returns how many.
-
-    The input embedding and the output head stay as they are (tied in SmolLM2). Pages of a file
-    mapping (transformers maps safetensors) are dropped, or they would stay resident.
-    """
-    import torch
-    from torch import nn
-
-    from lorakit.plan.malloc import drop_file_pages, file_backed, file_mappings
-    from lorakit.train.fuse import FusedBase
-
-    keep = {id(getattr(m, "weight", None)) for m in (model.get_input_embeddings(), model.get_output_embeddings())}
-    ranges, stored = file_mappings(), 0
-    for module in model.modules():
-        if type(module) is not nn.Linear and not isinstance(module, FusedBase):
-            continue
-        for tensor in (module.weight, module.bias):
-            if tensor is None or tensor.requires_grad or tensor.dtype != torch.float32 or id(tensor) in keep:
-                continue
-            old = tensor.data
-            tensor.data = old.to(dtype)
-            if file_backed(old, ranges):
-                drop_file_pages(old)
-            stored += 1
-    return stored

@@ -1,13 +1,12 @@
 """Attention implementations the trainer adds to transformers' registry.
 
 `eager_recompute`: the architecture's own eager attention, with its T x T probabilities
-recomputed in backward instead of saved. Eager attention's matmuls beat the sdpa CPU kernel
-under bf16 (15 ms per layer forward + backward for sdpa at 4 x 256 on 2 cores, bf16 or fp32; 4.8 ms
-for compiled eager), but saving its probabilities costs batch x heads x T x T floats per layer
-(SmolLM2-135M peak RSS: +340 MB at 4 x 256; 3.93 vs 2.97 GB at 4 packed rows of 512).
-Recomputing them repeats the attention forward once more in backward and keeps memory at sdpa's
-level; the price grows with the row length (4 x 512: 529 vs 636 tok/s for eager). Values are
-those of `eager`: the same function runs, only what autograd keeps differs.
+recomputed in backward instead of saved. Under compiled bf16 on a CPU, eager attention's matmuls
+beat the sdpa kernel, but saving its probabilities costs batch x heads x T x T floats per layer;
+recomputing them repeats the attention forward once more in backward and keeps memory at sdpa's
+level, at a price that grows with the row length (bench/RESULTS.md, round 4). Values are those
+of `eager`: the same function runs, only what autograd keeps differs. When a run uses it is the
+speed plan's rule (`lorakit.plan.speed`).
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lorakit.errors import LorakitError
-
-RECOMPUTE = "eager_recompute"
+from lorakit.plan.speed import RECOMPUTE_ATTENTION as RECOMPUTE
 
 
 def _eager_of(module: nn.Module):
@@ -46,21 +44,6 @@ def eager_recompute(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
         return core(query, key, value, attention_mask), None
     # the RNG state is kept so attention dropout draws the same mask when recomputed
     return checkpoint(core, query, key, value, attention_mask, use_reentrant=False), None
-
-
-def default_attention(precision: str, compile: bool, device: torch.device, grad_checkpoint: bool = False) -> str | None:
-    """The attention a run uses when --attention is not given: `eager_recompute` for compiled bf16
-    training on a CPU, else None (the model's own, sdpa where supported).
-
-    Measured, SmolLM2-135M LoRA r=16 at 4 x 256 on 2 cores (tok/s over 4 runs, peak RSS): compiled
-    bf16, sdpa 669-770 / 1.75 GB vs eager_recompute 763-937 / 1.76 GB (medians 725 vs 851);
-    compiled fp32, sdpa 271-288 vs 258-267; bf16 without compile, sdpa 620-628 vs 609-615
-    (bench/RESULTS.md, round 4). GPUs have fused sdpa kernels; with --grad-checkpoint the whole
-    layer is recomputed already.
-    """
-    if compile and precision == "bf16" and device.type == "cpu" and not grad_checkpoint:
-        return RECOMPUTE
-    return None
 
 
 def register_attention() -> None:

@@ -14,7 +14,7 @@ import yaml
 
 from lorakit.atomic import atomic_write
 from lorakit.errors import LorakitError
-from lorakit.train.precision import check_precision
+from lorakit.runtime.precision import check_precision
 
 METHODS = ("lora", "dora", "full", "head", "qlora")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -50,7 +50,8 @@ class TrainConfig:
     strict: bool = _f(False, "refuse samples longer than --max-seq-len instead of truncating")
     packing: bool = _f(False, "pack several samples per row without cross-attention (no padding waste)")
     mask_prompt: bool = _f(False, "completion-only loss: prompt tokens are not predicted")
-    grad_checkpoint: bool = _f(False, "recompute activations in backward: less memory, ~1.3x compute")
+    grad_checkpoint: bool = _f(False, "recompute each layer's activations in backward: less memory, one more "
+                                      "forward pass of compute")
     loss_chunk: int = _f(1024, "tokens per chunk of the memory-lean cross-entropy")
     eval_every: int = _f(0, "evaluate on valid.jsonl every N steps (0: only at the end)")
     eval_batches: int = _f(20, "batches of valid.jsonl per evaluation")
@@ -61,24 +62,24 @@ class TrainConfig:
     resume: str | None = _f(None, "resume from this checkpoint directory, or 'auto' for OUT's latest")
     device: str = _f("auto", "auto | cpu | cuda | mps")
     threads: int | None = _f(None, "CPU threads (default: physical cores)")
-    fuse: bool = _f(True, "fuse frozen q/k/v and gate/up projections into single GEMMs (faster on CPU)")
-    lean_memory: bool = _f(True, "lower peak RSS: recompute norm and SwiGLU outputs in backward instead of "
-                                   "storing them, keep weights in private memory")
+    fuse: bool = _f(True, "fuse frozen q/k/v and gate/up projections into single GEMMs where the model family "
+                          "allows it (faster on CPU)")
+    lean_memory: bool = _f(True, "lower peak RSS: recompute norm outputs and the gated MLP product in backward "
+                                 "instead of storing them (where the family allows it), keep weights in private memory")
     release_memory: bool = _f(False, "return freed memory to the OS at once (1 MB mmap threshold, heap trimmed "
-                                     "after each step): ~0.8x the peak RSS at ~0.7x the tokens/s on 2 cores "
-                                     "(page faults on every fresh tensor; bench/RESULTS.md)")
+                                     "after each step): a lower peak RSS for fewer tokens/s (a page fault on every "
+                                     "fresh tensor; bench/RESULTS.md)")
     compile: bool = _f(False, "torch.compile each decoder layer (replaces --fuse and --lean-memory, whose "
-                              "Python-side caching breaks the graphs); ~2 s more on the first step; pays most with "
-                              "--precision bf16: 619-680 vs 565 tok/s, 2.23 vs 2.62 GB (bench/RESULTS.md)")
+                              "Python-side caching breaks the graphs); a longer first step; pays most with "
+                              "--precision bf16 (bench/RESULTS.md)")
     precision: str = _f("fp32", "fp32 | bf16 | auto: bf16 mixed precision (bf16 GEMMs; adapter weights, optimizer and "
-                                "loss in fp32) is ~2.5x faster where the chip runs bf16 natively (AVX512-BF16/AMX, "
-                                "recent GPUs) and ~400x slower where it does not; auto measures and picks")
+                                "loss in fp32) is several times faster where the chip runs bf16 natively "
+                                "(AVX512-BF16/AMX, recent GPUs) and far slower where it does not; auto measures and picks")
     attention: str | None = _f(None, "attention implementation: transformers' (eager, sdpa, ...) or "
                                      "eager_recompute (eager's values, its T x T probabilities recomputed in "
                                      "backward, not kept). Default: eager_recompute for --compile with bf16 on a "
-                                     "CPU (median 851 vs 725 tok/s for sdpa at 4 x 256, same memory), else the model's "
-                                     "own (sdpa where supported). eager keeps the probabilities: faster on long "
-                                     "rows (+20% at 512), +340 MB at 4 x 256")
+                                     "CPU, else the model's own (sdpa where supported). eager keeps the "
+                                     "probabilities: faster on long rows, more memory (bench/RESULTS.md)")
     progress: bool = _f(True, "live progress bar")
 
     def __post_init__(self) -> None:
@@ -106,6 +107,7 @@ class TrainConfig:
             if not isinstance(loaded, dict):
                 raise LorakitError(f"{path}: expected a mapping of setting: value")
             values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        values.pop("speed_plan", None)  # an earlier run's resolved plan (train_config.yaml): resolved anew
         values.update(cli)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
@@ -117,9 +119,15 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def write(self, out_dir: str | Path, name: str = "train_config.yaml") -> Path:
-        """Write the resolved config atomically next to the outputs."""
-        return atomic_write(Path(out_dir) / name, yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def speed_settings(self) -> dict[str, Any]:
+        """The options `lorakit.plan.speed.resolve_speed` turns into the run's speed plan."""
+        return {name: getattr(self, name) for name in ("method", "precision", "compile", "fuse", "lean_memory",
+                                                        "attention", "grad_checkpoint", "release_memory")}
+
+    def write(self, out_dir: str | Path, name: str = "train_config.yaml", speed_plan: dict | None = None) -> Path:
+        """Write the resolved config atomically next to the outputs, with the resolved speed plan."""
+        data = {**self.to_dict(), **({"speed_plan": speed_plan} if speed_plan is not None else {})}
+        return atomic_write(Path(out_dir) / name, yaml.safe_dump(data, sort_keys=False))
 
     @classmethod
     def cli_fields(cls):

@@ -1,7 +1,7 @@
 """Frozen projections that read the same input run as one GEMM: q/k/v, and gate/up.
 
-On a 2-core AVX2 CPU one (1024 x 576) @ (576 x 960) GEMM runs ~1.5x faster than the three
-(576 x 576, 192, 192) GEMMs it replaces (bench/RESULTS.md), in the backward pass too.
+One wide GEMM keeps a CPU's vector units busier than three narrow ones (bench/RESULTS.md), in
+the backward pass too. Which groups exist is the family registry's `fuse` (`lorakit.families`).
 Each projection's frozen base becomes a `FusedSlice` of one shared `FusedBase`: the first
 member called with an input computes all outputs, the others take their slice of it.
 LoRA wrappers stay where they are, so adapters, names and saved files do not change.
@@ -15,13 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.adapters.layers import LoraLayer
-
-# module groups that take the same input, per architecture family
-GROUPS = {
-    "llama": (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj"))),
-}
-for _family in ("mistral", "qwen2", "qwen3"):
-    GROUPS[_family] = GROUPS["llama"]
+from lorakit.families import family_for
 
 
 class FusedBase(nn.Module):
@@ -41,7 +35,7 @@ class FusedBase(nn.Module):
 
         The outputs are handed out by one `split`, whose backward concatenates the members'
         gradients: slicing each member out instead made autograd zero-fill a full-width
-        gradient per member and add them up (~5% of a SmolLM2 training step, profiled).
+        gradient per member and add them up (a profiled share of a training step).
         """
         key = (id(x), x._version, torch.is_grad_enabled())
         if self._key != key or self._parts is None:
@@ -88,11 +82,11 @@ def _set_base(parent: nn.Module, name: str, new_base: nn.Module) -> None:
 
 
 def fuse_projections(model: nn.Module) -> int:
-    """Fuse every frozen q/k/v and gate/up group of a supported architecture; returns groups fused."""
-    groups = GROUPS.get(getattr(model.config, "model_type", ""), ())
+    """Fuse every frozen group the family registry lists (q/k/v, gate/up); returns groups fused."""
+    family = family_for(model)
     fused = 0
-    for layer in getattr(model.base_model, "layers", []):
-        for parent_name, names in groups:
+    for layer in family.blocks(model) if family.fuse else []:
+        for parent_name, names in family.fuse:
             parent = getattr(layer, parent_name, None)
             bases = [_base_of(getattr(parent, n, None)) for n in names] if parent is not None else []
             if len(bases) != len(names) or not all(type(b) is nn.Linear for b in bases):

@@ -18,7 +18,7 @@ from torch import nn
 
 from lorakit.errors import LorakitError
 from lorakit.train.loss import IGNORE
-from lorakit.train.progress import rss_mb
+from lorakit.runtime.memory import rss_mb
 
 
 @dataclass

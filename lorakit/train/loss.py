@@ -1,7 +1,7 @@
 """Memory-lean causal-LM loss: cross-entropy over the vocabulary, chunk by chunk.
 
-The full logits of a batch (B x T x V floats: 200 MB for 4 x 256 tokens and SmolLM2's
-49,152-token vocabulary) and their gradient are never held at once. Only positions with
+The full logits of a batch (B x T x V floats, V being tens of thousands of tokens or more) and
+their gradient are never held at once. Only positions with
 a label are projected at all, so masked prompt tokens and padding cost nothing. Each
 chunk's gradient is formed in the forward pass right after its logits, so logits are
 neither stored nor recomputed (the fused linear cross-entropy of Liger Kernel; see also
@@ -19,8 +19,8 @@ from torch import nn
 IGNORE = -100
 
 # id of a frozen head weight -> (weak reference to it, its version, dtype, its copy in that dtype):
-# bf16 training would otherwise cast SmolLM2's 49152 x 576 head every step (15 ms of a ~1.15 s step
-# on 2 cores); the copy is one that existed during the loss anyway
+# bf16 training would otherwise cast the (V x H) head every step (profiled: bench/RESULTS.md, round 4);
+# the copy is one that existed during the loss anyway
 _CASTS: dict[int, tuple] = {}
 
 
@@ -54,8 +54,8 @@ class _ChunkedLinearCE(torch.autograd.Function):
         device = hidden.device.type
         compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         if compute == torch.float32:
-            # fp32 logits need no casts, and the in-place steps beat the compiled kernel there
-            # (664 vs 708 ms per 4 x 256 SmolLM2 step's loss on 2 cores) with half its memory
+            # fp32 logits need no casts, and the in-place steps beat the compiled kernel there, with
+            # half its memory (bench/RESULTS.md, round 4); the speed plan's `compiled_loss` says the same
             fused = None
         with torch.autocast(device, enabled=False):
             return _ChunkedLinearCE._run(ctx, hidden, _in_dtype(weight, compute, frozen=not weight.requires_grad),
@@ -157,10 +157,10 @@ _COMPILED_CE = None
 def compiled_softmax_ce():
     """`softmax_ce` compiled once for all chunk sizes (--compile).
 
-    Eagerly the softmax, the loss and the gradient take ~8 passes over each (chunk, V) buffer, plus
-    the casts around bf16 GEMMs: ~185 of the 320 ms the loss took per 4 x 256 bf16 step for
-    SmolLM2-135M on 2 cores. Fused, they take ~30 ms (loss 228 ms), and no fp32 copy of the chunk's
-    logits is made. Used for bf16 logits only (see `_ChunkedLinearCE.forward`).
+    Eagerly the softmax, the loss and the gradient take several passes over each (chunk, V) buffer,
+    plus the casts around bf16 GEMMs, most of the loss's time in a bf16 step; fused, they take one,
+    and no fp32 copy of the chunk's logits is made (bench/RESULTS.md, round 4). Used for bf16
+    logits only (see `_ChunkedLinearCE.forward`).
     """
     global _COMPILED_CE
     if _COMPILED_CE is None:

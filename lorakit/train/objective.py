@@ -12,11 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.families import PLAIN, family_for
 from lorakit.train.loss import IGNORE, chunked_cross_entropy
 from lorakit.train.recompute import recomputing
-
-# architectures whose causal-LM head is exactly `lm_head(final_hidden)` (+ optional final softcap)
-PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2", "smollm3"}
 
 
 def _head_with_weight(model: nn.Module) -> nn.Module | None:
@@ -43,7 +41,7 @@ def _causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int
     if "position_ids" in batch:
         inputs["position_ids"] = batch["position_ids"]
     head = _head_with_weight(model)
-    if getattr(model.config, "model_type", None) in PLAIN_HEAD and head is not None:
+    if family_for(model).head == PLAIN and head is not None:  # logits = lm_head(final hidden) [+ softcap]
         hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
         softcap = getattr(model.config, "final_logit_softcapping", None)
         return chunked_cross_entropy(hidden, head, labels, chunk=chunk, softcap=softcap, compiled=compiled)

@@ -10,32 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-
-def rss_mb() -> float:
-    """Resident memory of this process in MiB."""
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MiB.
-
-    On Linux this is VmHWM (/proc/self/status), which starts afresh at exec. `ru_maxrss` does not:
-    a process started by fork + exec reports at least its parent's resident size at the fork, so
-    `lorakit compare`'s workers all reported their parent's 3507 MB instead of their own peaks.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    import resource  # not on Windows; /proc is not on macOS, where ru_maxrss is in bytes
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def _clock(seconds: float) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,44 +13,22 @@ from torch import nn
 
 from lorakit.adapters import save_adapter
 from lorakit.errors import LorakitError
-from lorakit.plan.malloc import lean_malloc, release_free_heap
+from lorakit.plan.speed import SpeedPlan, resolve_speed
+from lorakit.runtime.device import resolve_device, set_threads
+from lorakit.runtime.memory import lean_malloc, release_free_heap
+from lorakit.runtime.precision import autocast, native_bf16
 from lorakit.train import distributed
-from lorakit.train.attention import default_attention, use_attention
 from lorakit.train.batches import Batches, load_samples
 from lorakit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lorakit.train.config import TrainConfig
-from lorakit.train.fuse import unfuse_projections
-from lorakit.train.lean import restore_layers
 from lorakit.train.loop import Hooks, LoopState, train_loop
-from lorakit.train.methods import prepare_model, speed_and_memory
+from lorakit.train.methods import prepare_model
 from lorakit.train.objective import causal_lm_loss, evaluate
-from lorakit.train.precision import autocast, frozen_dtype, native_bf16, resolve_precision
 from lorakit.train.progress import MetricsLog, ProgressBar, plot_loss
 from lorakit.train.schedule import make_scheduler
+from lorakit.train.speed import apply_speed_plan
 
 log = logging.getLogger("lorakit")
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda, then mps, then cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LorakitError("--device cuda: no CUDA GPU is visible; use --device cpu")
-    return torch.device(name)
-
-
-def set_threads(threads: int | None) -> int:
-    """Use the physical cores (hyper-threads slow GEMMs down); returns the count."""
-    import psutil
-
-    n = threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    torch.set_num_threads(n)
-    return n
 
 
 def load_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, dict[str, Any]]:
@@ -94,23 +71,18 @@ def save_final(model: nn.Module, tokenizer, cfg: TrainConfig, out: Path) -> None
         save_adapter(model, out, base_model_name_or_path=str(cfg.model or "smollm2-135m-instruct"))
 
 
-def make_fast(model: nn.Module, cfg: TrainConfig, precision: str, device: torch.device) -> None:
-    """What --attention, --fuse, --lean-memory, --compile and --precision (resolved) do to a model
-    `prepare_model` has prepared. bench/train_throughput.py calls this too, so it measures what
-    `lorakit train` runs."""
-    attention = cfg.attention or default_attention(precision, cfg.compile, device, cfg.grad_checkpoint)
-    if attention:
-        use_attention(model, attention)
-    speed_and_memory(model, fuse=cfg.fuse, lean_memory=cfg.lean_memory, grad_checkpoint=cfg.grad_checkpoint,
-                     compile=cfg.compile, frozen_dtype=frozen_dtype(precision, cfg.method))
+def speed_plan(cfg: TrainConfig, model: nn.Module, device: torch.device) -> SpeedPlan:
+    """The run's resolved speed plan, for this model on this machine (bench/train_throughput.py
+    calls this and `apply_speed_plan` too, so it measures what `lorakit train` runs)."""
+    return resolve_speed(model_type=getattr(model.config, "model_type", None), device=device, **cfg.speed_settings())
 
 
-def training_loss(cfg: TrainConfig, precision: str, device: torch.device):
+def training_loss(cfg: TrainConfig, plan: SpeedPlan, device: torch.device):
     """The loss a step minimises: ``loss_fn(model, batch) -> (summed loss, labelled tokens)``."""
 
     def loss_fn(m: nn.Module, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        with autocast(precision, device):  # backward runs outside it, as autocast asks
-            return causal_lm_loss(m, b, cfg.loss_chunk, cfg.compile)
+        with autocast(plan.precision, device):  # backward runs outside it, as autocast asks
+            return causal_lm_loss(m, b, cfg.loss_chunk, plan.compiled_loss)
 
     return loss_fn
 
@@ -125,18 +97,21 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     dist = distributed.init()
     device = resolve_device(cfg.device) if dist.device is None else dist.device
     threads = set_threads(cfg.threads) if device.type == "cpu" else None
-    precision = resolve_precision(cfg.precision, device)
+    model, tokenizer = load_base(cfg, device)
+    plan = speed_plan(cfg, model, device)
+    precision = plan.precision
     if dist.rank == 0:
         _precision_hint(cfg.precision, precision, device)
-    model, tokenizer = load_base(cfg, device)
     train, valid, data_stats = load_data(cfg, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = Batches(train, cfg.batch_size, seed=cfg.seed, pad_id=pad_id, packing=cfg.packing,
                       row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt, rank=dist.rank, world=dist.world)
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.per_epoch() / cfg.grad_accum))
     prepare_model(model, cfg)
-    make_fast(model, cfg, precision, device)
-    _print_plan(cfg, dist.rank, precision)
+    undo_speed = apply_speed_plan(model, plan)
+    if dist.rank == 0:
+        log.info("%s", plan.format())
+    _print_plan(cfg, dist.rank, plan)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.schedule, cfg.warmup, max_steps)
@@ -164,7 +139,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                                 row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt)
         n = min(cfg.eval_batches, valid_batches.per_epoch())
         with autocast(precision, device):
-            return evaluate(model, valid_batches, n, cfg.loss_chunk, cfg.compile)
+            return evaluate(model, valid_batches, n, cfg.loss_chunk, plan.compiled_loss)
 
     def do_save(step: int) -> None:
         if dist.rank == 0:
@@ -181,20 +156,20 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.release_memory:
         hooks.on_step.append(lambda step, metrics: release_free_heap())
     if dist.rank == 0:
-        cfg.write(out)
+        cfg.write(out, speed_plan=plan.to_dict())
         hooks.on_step += [ProgressBar(max_steps, enabled=cfg.progress).on_step, metrics.on_step]
         hooks.on_eval += [metrics.on_eval]
         if cfg.progress:
             hooks.on_eval.append(ProgressBar(max_steps).on_eval)
-    train_loop(model, batches, training_loss(cfg, precision, device), optimizer, scheduler, max_steps=max_steps, grad_accum=cfg.grad_accum,
+    train_loop(model, batches, training_loss(cfg, plan, device), optimizer, scheduler, max_steps=max_steps, grad_accum=cfg.grad_accum,
                max_grad_norm=cfg.max_grad_norm, eval_every=cfg.eval_every, save_every=cfg.save_every,
                hooks=hooks, state=state)
     summary = {"steps": state.step, "tokens": state.tokens, "best_eval_loss": state.best_eval, "threads": threads,
                "device": str(device), "precision": precision,
-               "attention": model.config._attn_implementation, "world_size": dist.world, **data_stats}
+               "attention": model.config._attn_implementation, "world_size": dist.world,
+               "speed_plan": plan.to_dict(), **data_stats}
+    undo_speed()
     if dist.rank == 0:
-        unfuse_projections(model)
-        restore_layers(model)
         save_final(model, tokenizer, cfg, out)
         plot_loss(metrics.path, out / "loss.png")
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -206,11 +181,11 @@ def _precision_hint(asked: str, precision: str, device: torch.device) -> None:
     """Say which precision runs, and when fp32 was asked for on a chip where bf16 is native."""
     log.info("precision: %s%s", precision, " (auto)" if asked == "auto" else "")
     if precision == "fp32" and asked == "fp32" and device.type == "cpu" and native_bf16("cpu"):
-        log.info("this CPU runs bf16 matmuls natively: --precision bf16 trains ~2.5x faster "
+        log.info("this CPU runs bf16 matmuls natively: --precision bf16 trains faster "
                  "(adapter, optimizer and loss stay fp32)")
 
 
-def _print_plan(cfg: TrainConfig, rank: int, precision: str) -> None:
+def _print_plan(cfg: TrainConfig, rank: int, plan: SpeedPlan) -> None:
     """Predicted peak memory before starting, with a warning when it will not fit."""
     if rank != 0 or cfg.method == "head":
         return
@@ -219,11 +194,9 @@ def _print_plan(cfg: TrainConfig, rank: int, precision: str) -> None:
 
     method = {"dora": "lora"}.get(cfg.method, cfg.method)
     try:
-        est = estimate(cfg.model or DEFAULT_MODEL, method=method, batch_size=cfg.batch_size, seq_len=cfg.max_seq_len, rank=cfg.rank,
-                       targets=cfg.targets, grad_checkpoint=cfg.grad_checkpoint, loss_chunk_tokens=cfg.loss_chunk,
-                       lora_dropout=cfg.dropout, lean=cfg.lean_memory, release=cfg.release_memory,
-                       precision=precision, compile=cfg.compile,
-                       frozen_bf16=frozen_dtype(precision, cfg.method) is not None)
+        est = estimate(cfg.model or DEFAULT_MODEL, method=method, batch_size=cfg.batch_size, seq_len=cfg.max_seq_len,
+                       rank=cfg.rank, targets=cfg.targets, loss_chunk_tokens=cfg.loss_chunk, lora_dropout=cfg.dropout,
+                       speed=plan)
     except LorakitError as exc:
         log.info("memory plan unavailable: %s", exc)
         return

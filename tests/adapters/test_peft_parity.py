@@ -24,6 +24,12 @@ CASES = [
     ("phi3", "all-linear", None),
     ("gpt2", "all-linear", None),
     ("bert", ["query", "value", "attention.output.dense"], ["classifier"]),
+    ("qwen3", "all-linear", None),
+    ("smollm3", "all-linear", None),
+    ("gemma2", "all-linear", None),
+    ("gemma3-multimodal", ["q_proj", "v_proj", "down_proj"], None),
+    ("roberta", ["query", "value"], ["classifier"]),
+    ("distilbert", ["q_lin", "v_lin", "lin1"], ["pre_classifier", "classifier"]),
 ]
 VARIANTS = {"lora": {}, "rslora": {"use_rslora": True}, "dora": {"use_dora": True}}
 TOL = 1e-5

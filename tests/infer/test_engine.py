@@ -86,7 +86,7 @@ def test_bf16_base_with_fp32_adapters_decodes_like_its_own_full_recompute(tiny_d
     of bf16), and the adapters still act."""
     from lorakit.adapters import disable_adapters, load_adapter, set_adapter
     from lorakit.models import load_model
-    from lorakit.train.precision import hold_base_in
+    from lorakit.runtime.precision import hold_base_in
 
     model, tok = load_model(tiny_dir)
     assert hold_base_in(model, "bf16") == "bf16"

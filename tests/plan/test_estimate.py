@@ -11,6 +11,7 @@ from lorakit.adapters import LoraConfig, add_adapter, trainable_report
 from lorakit.errors import LorakitError
 from lorakit.plan import estimate
 from lorakit.plan.estimate import FITS, HEAP_RETAINED, NO_FIT, RUNTIME_BYTES, TIGHT
+from lorakit.plan.speed import resolve_speed
 from tests.conftest import tiny_model
 
 # tests/conftest.py's tiny llama: vocab 96, hidden 32, intermediate 48, 2 layers, 4 heads of 8, 2 KV heads, tied
@@ -24,8 +25,16 @@ ADAPTER = 2 * 4 * ((32 + 32) + 2 * (32 + 16) + (32 + 32) + 3 * (32 + 48))  # 371
 TOKENS = 2 * 8
 
 
+def _speed(method: str = "lora", **options):
+    """The trainer's speed plan for the tiny Llama with `options` (as `lorakit train` flags)."""
+    import torch
+
+    return resolve_speed(model_type="llama", method=method, device=torch.device("cpu"), **options)
+
+
 def test_lora_breakdown_by_hand():
-    est = estimate(CFG, method="lora", batch_size=2, seq_len=8, rank=4, grad_checkpoint=True, available=10**9)
+    est = estimate(CFG, method="lora", batch_size=2, seq_len=8, rank=4, available=10**9,
+                   speed=_speed(grad_checkpoint=True))
     assert est.runtime == RUNTIME_BYTES
     assert est.weights == 4 * PARAMS
     assert est.adapter == 4 * ADAPTER and est.gradients == 4 * ADAPTER and est.optimizer == 8 * ADAPTER
@@ -39,8 +48,8 @@ def test_lora_breakdown_by_hand():
     assert est.heap == int(HEAP_RETAINED * (est.activations + est.logits))
     assert est.total == sum([est.runtime, est.weights, est.adapter, est.gradients, est.optimizer,
                              est.activations, est.logits, est.heap])
-    released = estimate(CFG, method="lora", batch_size=2, seq_len=8, rank=4, grad_checkpoint=True, release=True,
-                        available=10**9)
+    released = estimate(CFG, method="lora", batch_size=2, seq_len=8, rank=4, available=10**9,
+                        speed=_speed(grad_checkpoint=True, release_memory=True))
     assert released.heap == 0 and released.total == est.total - est.heap
 
 
@@ -52,30 +61,32 @@ def test_qlora_weights_are_nf4_for_linears_only():
 
 def test_bf16_lora_holds_its_frozen_linears_in_bf16_and_notes_the_activations():
     fp32 = estimate(CFG, method="lora", batch_size=2, seq_len=8, rank=4, available=10**9)
-    bf16 = estimate(CFG, method="lora", batch_size=2, seq_len=8, rank=4, available=10**9, precision="bf16")
+    bf16 = estimate(CFG, method="lora", batch_size=2, seq_len=8, rank=4, available=10**9,
+                    speed=_speed(precision="bf16"))
     assert bf16.weights == 4 * (PARAMS - LINEAR) + 2 * LINEAR  # embedding (the tied head) and norms stay fp32
     assert bf16.total == fp32.total - 2 * LINEAR
     assert fp32.note == "" and "errs high" in bf16.note and "(note)" in bf16.format()
-    assert "errs high" in estimate(CFG, method="lora", rank=4, compile=True, available=10**9).note
-    # the trainer's rule decides: DoRA (planned as lora) and full keep fp32 weights in bf16 runs
-    dora = estimate(CFG, method="lora", rank=4, precision="bf16", frozen_bf16=False, available=10**9)
+    assert "errs high" in estimate(CFG, method="lora", rank=4, speed=_speed(compile=True), available=10**9).note
+    # the speed plan's rule decides: DoRA (planned as lora) and full keep fp32 weights in bf16 runs
+    dora = estimate(CFG, method="lora", rank=4, speed=_speed("dora", precision="bf16"), available=10**9)
     assert dora.weights == 4 * PARAMS
-    assert estimate(CFG, method="full", rank=4, precision="bf16", available=10**9).weights == 4 * PARAMS
+    full = estimate(CFG, method="full", rank=4, speed=_speed("full", precision="bf16"), available=10**9)
+    assert full.weights == 4 * PARAMS
 
 
 def test_full_trains_everything_and_keeps_every_layer_without_checkpointing():
-    est = estimate(CFG, method="full", batch_size=2, seq_len=8, rank=4, grad_checkpoint=False, lean=False,
-                   available=10**9)
+    est = estimate(CFG, method="full", batch_size=2, seq_len=8, rank=4, available=10**9,
+                   speed=_speed("full", lean_memory=False))
     assert est.adapter == 0 and est.gradients == 4 * PARAMS and est.optimizer == 8 * PARAMS
     # 310 + 112 + two trained norm inputs 2H = 486 per layer, both layers kept
     assert est.activations == TOKENS * (2 * 4 * 486 + 4 * 192)
-    lean = estimate(CFG, method="full", batch_size=2, seq_len=8, rank=4, grad_checkpoint=False, available=10**9)
+    lean = estimate(CFG, method="full", batch_size=2, seq_len=8, rank=4, available=10**9, speed=_speed("full"))
     # lean layers: minus SiLU(gate) I = 48 and the recomputed inputs of q/k/v, gate/up, down (2H + I = 112)
     assert lean.activations == TOKENS * (2 * 4 * (486 - 48 - 112) + 4 * 192)
 
 
 def test_lean_lora_without_checkpointing():
-    est = estimate(CFG, method="lora", batch_size=2, seq_len=8, rank=4, grad_checkpoint=False, available=10**9)
+    est = estimate(CFG, method="lora", batch_size=2, seq_len=8, rank=4, available=10**9, speed=_speed())
     # 450 per layer (see the breakdown above) - I - (2H + I) = 290; the first layer's input norm output
     # stays (it reads the frozen embedding): + H once
     assert est.activations == TOKENS * (2 * 4 * 290 + 4 * 192 + 4 * 32)
@@ -119,7 +130,8 @@ def test_cli_reads_a_config_json_and_prints_the_breakdown(tmp_path, capsys):
     assert code == 0
     for word in ("weights", "adapter", "gradients", "optimizer", "activations", "logits", "total", "verdict: fits"):
         assert word in out
-    assert "grad checkpointing on" in out
+    assert "speed plan: cpu, fp32" in out and "grad_checkpoint" in out  # the trainer's resolved plan
+    assert "lean off: gradient checkpointing" in out
     assert "heap" in out  # the trainer's default keeps freed memory in the C heap
     main(["plan", "--model", str(path), "--release-memory"])
     assert "heap" not in capsys.readouterr().out

@@ -12,7 +12,8 @@ from torch import nn
 from lorakit.adapters import LoraConfig, add_adapter, adapter_parameters, load_adapter, merge, save_adapter, unmerge
 from lorakit.adapters.layers import LoraLinear
 from lorakit.errors import LorakitError
-from lorakit.quant import QuantLinear, dequantize_model, merge_to_dense, quantize_model, quantized_layers, save_merged
+from lorakit.merge import merge_to_dense, save_merged
+from lorakit.quant import QuantLinear, dequantize_model, quantize_model, quantized_layers
 from tests.adapters.helpers import randomize_adapter
 from tests.conftest import output_of, tiny_inputs, tiny_model
 from tests.quant.helpers import LINEARS

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lorakit.models import load_model
-from lorakit.plan.malloc import file_backed, own_weights, release_free_heap
+from lorakit.runtime.memory import file_backed, own_weights, release_free_heap
 from tests.train.conftest import tiny_model_dir  # noqa: F401  (fixture)
 
 

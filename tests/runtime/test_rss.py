@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from lorakit.train.progress import peak_rss_mb, rss_mb
+from lorakit.runtime.memory import peak_rss_mb, rss_mb
 
-CHILD = "from lorakit.train.progress import peak_rss_mb; print(peak_rss_mb())"
+CHILD = "from lorakit.runtime.memory import peak_rss_mb; print(peak_rss_mb())"
 
 
 def test_peak_is_at_least_the_current_size():

@@ -6,11 +6,15 @@ import pytest
 import torch
 
 from lorakit.adapters import LoraConfig, add_adapter, set_trainable
-from lorakit.train.batches import Sample, padded_batch
+from lorakit.data.schema import Sample
+from lorakit.train.batches import padded_batch
 from lorakit.train.fuse import FusedSlice, fuse_projections, unfuse_projections
 from lorakit.train.objective import causal_lm_loss
 from tests.adapters.helpers import randomize_adapter
+from lorakit.families import FAMILIES, family_for
 from tests.conftest import tiny_model
+
+FUSE = [f.name for f in FAMILIES if f.fuse]  # every family whose projections the registry fuses
 
 
 def _loss_and_grads(model, batch):
@@ -21,7 +25,7 @@ def _loss_and_grads(model, batch):
 
 
 @pytest.mark.parametrize("variant", [{}, {"use_dora": True}])
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # qwen2: biases on q/k/v
+@pytest.mark.parametrize("arch", FUSE)  # qwen2: biases on q/k/v; gemma: q/k norms after the projections
 def test_fused_model_matches_unfused(arch, variant):
     model = tiny_model(arch)
     add_adapter(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"], **variant))
@@ -34,7 +38,7 @@ def test_fused_model_matches_unfused(arch, variant):
     ref_loss, ref_grads = _loss_and_grads(model, batch)
 
     assert fuse_projections(model) == 2 * 2  # two layers x (qkv, gate/up)
-    assert isinstance(model.model.layers[0].self_attn.k_proj, FusedSlice)  # an untargeted member
+    assert isinstance(family_for(model).blocks(model)[0].self_attn.k_proj, FusedSlice)  # an untargeted member
     loss, grads = _loss_and_grads(model, batch)
     assert abs(loss - ref_loss) <= 1e-6 * abs(ref_loss)
     assert grads.keys() == ref_grads.keys()

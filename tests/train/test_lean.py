@@ -13,7 +13,10 @@ from lorakit.train.fuse import fuse_projections, unfuse_projections
 from lorakit.train.lean import LeanMLP, lean_layers, restore_layers
 from lorakit.train.loss import shift_labels
 from lorakit.train.objective import causal_lm_loss
+from lorakit.families import FAMILIES
 from tests.conftest import tiny_model
+
+LEAN = [f.name for f in FAMILIES if f.lean]  # every family whose lean layers the registry allows
 
 
 def _step(model, batch, monkeypatch):
@@ -36,7 +39,7 @@ def _step(model, batch, monkeypatch):
     return loss.detach(), grads, sum(kept.values())
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", LEAN)
 @pytest.mark.parametrize("fuse", [False, True])
 def test_lean_layers_are_bitwise_equal_and_store_less(arch, fuse, monkeypatch):
     torch.manual_seed(0)
@@ -59,7 +62,7 @@ def test_lean_layers_are_bitwise_equal_and_store_less(arch, fuse, monkeypatch):
     assert grads.keys() == grads_ref.keys()
     for name in grads:
         assert torch.equal(grads[name], grads_ref[name]), name
-    # per layer: silu(gate) and the SwiGLU product (tokens x intermediate), two norm outputs (tokens x hidden)
+    # per layer: act(gate) and the gated product (tokens x intermediate), two norm outputs (tokens x hidden)
     cfg = model.config
     per_layer = 4 * ids.numel() * (2 * cfg.intermediate_size + 2 * cfg.hidden_size)
     # except the first norm: it reads the frozen embedding, so its output is kept (nothing else is)
@@ -78,8 +81,17 @@ def test_lean_layers_are_bitwise_equal_and_store_less(arch, fuse, monkeypatch):
     assert kept_after == kept_ref
 
 
-def test_other_mlps_are_left_alone():
-    assert lean_layers(tiny_model("gemma")) == 0  # gelu MLP
+@pytest.mark.parametrize("arch", [f.name for f in FAMILIES if not f.lean])
+def test_other_mlps_are_left_alone(arch):
+    assert lean_layers(tiny_model(arch)) == 0
+
+
+def test_an_activation_other_than_the_registry_s_is_left_alone():
+    """Lean layers recompute the activation they know: a model whose act_fn differs keeps its MLP."""
+    model = tiny_model("gemma")
+    for layer in model.model.layers:
+        layer.mlp.act_fn = torch.nn.SiLU()  # not the tanh GELU the gemma entry names
+    assert lean_layers(model) == 0
 
 
 def test_without_grad_the_output_is_the_same():

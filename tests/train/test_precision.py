@@ -12,7 +12,7 @@ from lorakit.train.config import TrainConfig
 from lorakit.train.lean import lean_layers
 from lorakit.train.loss import IGNORE, chunked_cross_entropy, shift_labels
 from lorakit.train.objective import causal_lm_loss
-from lorakit.train.precision import autocast, native_bf16, resolve_precision
+from lorakit.runtime.precision import autocast, native_bf16, resolve_precision
 from lorakit.train.progress import read_metrics
 from lorakit.train.run import run_training
 from tests.conftest import tiny_model
@@ -85,7 +85,7 @@ def test_lean_layers_stay_bitwise_equal_under_bf16():
 def test_frozen_weights_stored_in_bf16_give_bitwise_the_autocast_step():
     """Autocast casts fp32 weights to bf16 per use; holding them in bf16 feeds the GEMMs the same bits."""
     from lorakit.train.fuse import fuse_projections
-    from lorakit.train.precision import frozen_dtype, store_frozen
+    from lorakit.train.speed import store_frozen
 
     ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(4))
     batch = {"input_ids": ids, "labels": shift_labels(ids)}
@@ -93,9 +93,8 @@ def test_frozen_weights_stored_in_bf16_give_bitwise_the_autocast_step():
     for model in (cast, stored):
         fuse_projections(model)
     loss_ref, grads_ref = _step(cast, batch, "bf16")
-    assert frozen_dtype("fp32", "lora") is None and frozen_dtype("bf16", "dora") is None
     # 2 layers: fused q/k/v and gate/up, o_proj and down_proj
-    assert store_frozen(stored, frozen_dtype("bf16", "lora")) == 2 * 4
+    assert store_frozen(stored, torch.bfloat16) == 2 * 4
     loss, grads = _step(stored, batch, "bf16")
     assert torch.equal(loss, loss_ref)
     for name in grads_ref:

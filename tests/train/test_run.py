@@ -1,8 +1,9 @@
-"""`lorakit train` end to end on a tiny llama: curve, resume, kill, bad input, checkpoints."""
+"""`lorakit train` end to end on a tiny llama: the loss falls, runs repeat, resume, kill, bad input, checkpoints."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -21,9 +22,6 @@ from lorakit.train.progress import read_metrics
 from lorakit.train.run import run_training
 from tests.train.conftest import write_dataset
 
-GOLDEN = Path(__file__).parent / "golden_loss.json"
-
-
 def _cfg(model_dir, data, out, **kw) -> TrainConfig:
     base = dict(model=str(model_dir), data=str(data), out=str(out), batch_size=4, max_steps=8, lr=5e-3,
                 warmup=2, seed=0, progress=False, threads=1)
@@ -35,20 +33,58 @@ def _losses(out: Path) -> list[float]:
     return [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
 
 
-def test_golden_loss_curve(tiny_model_dir, dataset, tmp_path):
-    """A fixed tiny run reproduces its recorded curve (regenerate: LORAKIT_WRITE_GOLDEN=1 pytest -k golden)."""
+@pytest.fixture(scope="module")
+def learnable_model_dir(tmp_path_factory) -> Path:
+    """The tiny llama of `tiny_model_dir` with weights of std 0.3 instead of 0.02.
+
+    With the default init the tied head is frozen under LoRA and every logit stays within about
+    +-0.6, so no adapter can move the loss far from ln(vocab); larger weights give the adapters
+    logits they can move.
+    """
+    import transformers as tf
+
+    from lorakit.models import load_tokenizer
+
+    out = tmp_path_factory.mktemp("learnable-llama")
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         initializer_range=0.3)
+    tf.LlamaForCausalLM(cfg).save_pretrained(out)
+    load_tokenizer().save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_the_loss_on_one_repeated_batch_falls_far(learnable_model_dir, tmp_path, method):
+    """Overfitting one batch: with four samples and --batch-size 4 every step sees the same batch, so
+    any working optimizer drives its loss down. Two bounds with wide margins, not a recorded curve:
+    after 30 steps the loss is under half of the first step's, and under ln(298) = 5.70, the loss of
+    a model that has only learnt which of the 298 token ids occur (uniform over them), so the run
+    has learnt the samples themselves (measured: lora 12.3 -> 3.9, full 12.3 -> 0.09)."""
+    data = write_dataset(tmp_path / "data", n_train=4, n_valid=2)  # ids drawn from 3..300
     out = tmp_path / "run"
-    run_training(_cfg(tiny_model_dir, dataset, out, max_steps=12, packing=True, mask_prompt=True,
-                     max_seq_len=128))
+    run_training(_cfg(learnable_model_dir, data, out, method=method, max_steps=30, lr=1e-2, warmup=0,
+                      schedule="constant"))
     losses = _losses(out)
-    assert len(losses) == 12
-    assert losses[-1] < losses[0]
-    if os.environ.get("LORAKIT_WRITE_GOLDEN"):
-        GOLDEN.write_text(json.dumps({"losses": losses}, indent=1) + "\n")
-    golden = json.loads(GOLDEN.read_text())["losses"]
-    assert len(golden) == len(losses)
-    for got, want in zip(losses, golden):
-        assert abs(got - want) <= 1e-4 * want, (losses, golden)
+    assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
+    end = sum(losses[-3:]) / 3  # the last steps' mean: no single lucky step
+    assert end < 0.5 * losses[0], losses
+    assert end < math.log(298), losses
+
+
+def test_identical_runs_give_identical_curves_and_another_seed_does_not(tiny_model_dir, dataset, tmp_path):
+    """A run is a pure function of its config: the same settings (packing, completion-only loss,
+    dropout on the LoRA path) give bitwise the same losses and adapter; a different --seed gives
+    a different curve, so the seed is really what fixes them."""
+    common = dict(max_steps=8, packing=True, mask_prompt=True, max_seq_len=128, dropout=0.1)
+    for name, seed in (("a", 0), ("b", 0), ("other", 1)):
+        run_training(_cfg(tiny_model_dir, dataset, tmp_path / name, seed=seed, **common))
+    first, second = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert len(first) == 8 and first == second
+    a, b = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _losses(tmp_path / "other") != first
 
 
 def test_outputs_are_written(tiny_model_dir, dataset, tmp_path):
@@ -76,6 +112,7 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tiny_model_dir, d
     assert _losses(full)[4:] == _losses(resumed)[-4:]
 
 
+@pytest.mark.slow  # resume == uninterrupted is checked in-process above; this adds a real SIGKILL (3 processes)
 def test_resume_after_a_kill(tiny_model_dir, tmp_path):
     """SIGKILL mid-run, `--resume` (auto), and the result equals a run that was never killed."""
     data = write_dataset(tmp_path / "data", n_train=400, max_len=120)
@@ -194,15 +231,38 @@ def test_cli_flags_override_yaml_which_overrides_defaults(tiny_model_dir, datase
     resolved = yaml.safe_load((out / "train_config.yaml").read_text())
     assert resolved["rank"] == 4 and resolved["lr"] == 0.002 and resolved["max_steps"] == 2
     assert resolved["alpha"] == 8.0 and resolved["schedule"] == "cosine"
+    # the resolved speed plan is saved beside the settings, and the run summary says the same
+    assert resolved["speed_plan"]["fuse"] is True and resolved["speed_plan"]["precision"] == "fp32"
+    assert json.loads((out / "summary.json").read_text())["speed_plan"] == resolved["speed_plan"]
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
 
 
+def test_compile_wraps_every_decoder_layer_in_place_and_undoes(tiny_model_dir):
+    """--compile compiles each decoder layer in place (no forward pass here, so nothing is compiled
+    yet and this is cheap): every layer is wrapped, every parameter keeps its name, undo unwraps."""
+    from lorakit.models import load_model
+    from lorakit.plan.speed import resolve_speed
+    from lorakit.train.speed import apply_speed_plan, decoder_layers
+
+    model, _ = load_model(tiny_model_dir, with_tokenizer=False)
+    names = [name for name, _ in model.named_parameters()]
+    undo = apply_speed_plan(model, resolve_speed(model_type="llama", method="lora", device=torch.device("cpu"),
+                                                 compile=True))
+    layers = decoder_layers(model)
+    assert len(layers) == model.config.num_hidden_layers
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    assert [name for name, _ in model.named_parameters()] == names
+    undo()
+    assert all(layer._compiled_call_impl is None for layer in layers)
+
+
+# The same property (compiled == uncompiled training) runs in the everyday suite under bf16, the fast
+# path (tests/train/test_precision.py); this fp32 twin is the tighter check and, on a fresh machine (empty
+# inductor cache), compiles its own kernels: the costliest test of the suite.
+@pytest.mark.slow
 def test_compiled_layers_train_like_eager_ones(tiny_model_dir, dataset, tmp_path):
     """--compile changes how the layers run, not what they compute: the same curve and adapter, up to
-    float reassociation in the fused kernels, with the layers really compiled."""
-    from lorakit.models import load_model
-    from lorakit.train.methods import decoder_layers, speed_and_memory
-
+    float reassociation in the fused kernels."""
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     common = dict(max_steps=4, packing=True, mask_prompt=True, max_seq_len=128, eval_every=4)
     run_training(_cfg(tiny_model_dir, dataset, eager, **common))
@@ -214,12 +274,6 @@ def test_compiled_layers_train_like_eager_ones(tiny_model_dir, dataset, tmp_path
     assert a.keys() == b.keys()  # compiling in place keeps every parameter name
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
-
-    model, _ = load_model(tiny_model_dir, with_tokenizer=False)
-    speed_and_memory(model, compile=True)
-    layers = decoder_layers(model)
-    assert len(layers) == model.config.num_hidden_layers
-    assert all(layer._compiled_call_impl is not None for layer in layers)
 
 
 def test_attention_implementation_is_switched_or_refused(tiny_model_dir, dataset, tmp_path):

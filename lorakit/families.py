@@ -1,0 +1,133 @@
+"""What lorakit knows about each model family, in one table: every other module asks here.
+
+An entry says, for the `model_type`s of one family:
+* `presets`: what ``--targets attention`` and ``--targets mlp`` mean (PEFT's rules: a list of
+  module-name suffixes, or a full-match regex); ``all-linear`` needs no entry;
+* `fuse`: groups of frozen projections that read one input and may run as one GEMM
+  (`lorakit.train.fuse`), as ``(parent attribute of a decoder layer, member names)``;
+* `lean`: what the lean layers (`lorakit.train.lean`) may recompute in backward: the norms whose
+  outputs feed linears, and the gated MLP's activation; None where they do not apply;
+* `head`: how the causal-LM loss reads the logits: ``plain`` (``lm_head(final hidden)``, with the
+  config's ``final_logit_softcapping`` when it is set) or ``model`` (the model's own forward);
+* `recomputed_input_of`: the linears whose saved input lean layers recompute (the planner counts
+  them out);
+* `gguf_arch`: the llama.cpp architecture name (for GGUF export); `why_not`: why a speed path
+  does not apply, shown in the speed plan.
+
+Adding a family is one entry here plus its tiny random-weight model in tests/conftest.py (the
+registry's tests check that every entry has one and that its fast paths change no value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ATTENTION, MLP = "attention", "mlp"
+PLAIN, MODEL = "plain", "model"  # head kinds
+
+
+@dataclass(frozen=True)
+class Lean:
+    """What lean layers recompute: the outputs of `norms`, and ``act(gate(x)) * up(x)``."""
+
+    norms: tuple[str, ...]
+    activation: str  # "silu" or "gelu_tanh": the gated MLP's activation (lorakit.train.lean.GATES)
+    recomputed_input_of: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family (see the module docstring for each field)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    presets: dict[str, list[str] | str] = field(default_factory=dict)
+    layers: str = "layers"  # attribute of `model.base_model` holding the decoder blocks
+    fuse: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    lean: Lean | None = None
+    head: str = MODEL
+    gguf_arch: str | None = None
+    why_not: dict[str, str] = field(default_factory=dict)  # speed path -> reason it is off
+
+    def blocks(self, model) -> list:
+        """The decoder blocks of `model` (``model.base_model.<layers>``; empty if there are none)."""
+        return list(getattr(model.base_model, self.layers, None) or [])
+
+    def reason(self, path: str) -> str:
+        """Why `path` ('fuse' or 'lean') is off for this family ('' if it applies)."""
+        if path == "fuse" and self.fuse or path == "lean" and self.lean:
+            return ""
+        return self.why_not.get(path, f"not available for {self.name}")
+
+
+_LLAMA_PRESETS = {
+    ATTENTION: ["q_proj", "k_proj", "v_proj", "o_proj"],
+    MLP: ["gate_proj", "up_proj", "down_proj"],
+}
+_QKV_GATE_UP = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj")))
+_LLAMA_INPUTS = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"})
+# Llama, Mistral, Qwen: pre-norms before attention and MLP, SwiGLU
+_LLAMA_LEAN = Lean(("input_layernorm", "post_attention_layernorm"), "silu", _LLAMA_INPUTS)
+# Gemma 1: the same layout, GeGLU (tanh GELU)
+_GEMMA_LEAN = Lean(("input_layernorm", "post_attention_layernorm"), "gelu_tanh", _LLAMA_INPUTS)
+# Gemma 2/3: post_attention_layernorm normalises the attention *output*; the MLP reads
+# pre_feedforward_layernorm's (arXiv:2408.00118, sec. 2)
+_GEMMA2_LEAN = Lean(("input_layernorm", "pre_feedforward_layernorm"), "gelu_tanh", _LLAMA_INPUTS)
+_BERT_PRESETS = {
+    ATTENTION: ["query", "key", "value", "attention.output.dense"],
+    MLP: r".*\.layer\.\d+\.(intermediate|output)\.dense",
+}
+_ENCODER = {"fuse": "encoder: the causal-LM trainer does not train it", "lean": "encoder: not a causal LM"}
+
+FAMILIES: tuple[Family, ...] = (
+    Family("llama", ("llama",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN, gguf_arch="llama"),
+    Family("smollm3", ("smollm3",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN,
+           gguf_arch="smollm3"),
+    Family("mistral", ("mistral",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN,
+           gguf_arch="llama"),
+    Family("qwen2", ("qwen2",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN, gguf_arch="qwen2"),
+    Family("qwen3", ("qwen3",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN, gguf_arch="qwen3"),
+    Family("gemma", ("gemma",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_GEMMA_LEAN, head=PLAIN, gguf_arch="gemma"),
+    Family("gemma2", ("gemma2",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_GEMMA2_LEAN, head=PLAIN,
+           gguf_arch="gemma2"),
+    Family("gemma3", ("gemma3_text",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_GEMMA2_LEAN, head=PLAIN,
+           gguf_arch="gemma3"),
+    # the multimodal wrapper: its text decoder sits one level deeper, and its forward adds vision
+    Family("gemma3-multimodal", ("gemma3",), _LLAMA_PRESETS, gguf_arch="gemma3",
+           why_not={"fuse": "multimodal wrapper: load its text model (Gemma3ForCausalLM)",
+                    "lean": "multimodal wrapper: load its text model (Gemma3ForCausalLM)"}),
+    Family("phi3", ("phi3",), {ATTENTION: ["qkv_proj", "o_proj"], MLP: ["gate_up_proj", "down_proj"]},
+           head=PLAIN, gguf_arch="phi3",
+           why_not={"fuse": "q/k/v and gate/up are one projection each in the checkpoint already",
+                    "lean": "its MLP splits one gate_up projection (not the gate(x), up(x) pattern)"}),
+    Family("gpt2", ("gpt2",), {ATTENTION: ["c_attn", "attn.c_proj"], MLP: ["c_fc", "mlp.c_proj"]},
+           layers="h", head=PLAIN, gguf_arch="gpt2",
+           why_not={"fuse": "c_attn holds q/k/v in one Conv1D already",
+                    "lean": "LayerNorm and an ungated GELU MLP (not the gated pattern)"}),
+    Family("bert", ("bert",), _BERT_PRESETS, gguf_arch="bert", why_not=_ENCODER),
+    Family("roberta", ("roberta",), _BERT_PRESETS, gguf_arch="bert", why_not=_ENCODER),
+    Family("distilbert", ("distilbert",), {ATTENTION: ["q_lin", "k_lin", "v_lin", "out_lin"], MLP: ["lin1", "lin2"]},
+           why_not=_ENCODER),
+)
+
+# any other architecture transformers builds: all-linear or named targets, the model's own logits
+FALLBACK = Family("unknown", (), why_not={"fuse": "architecture not in lorakit's family registry",
+                                          "lean": "architecture not in lorakit's family registry"})
+
+_BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
+
+
+def family_of(model_type: str | None) -> Family:
+    """The registry entry for a transformers `model_type` (`FALLBACK` for one it does not list)."""
+    return _BY_TYPE.get(model_type or "", FALLBACK)
+
+
+def family_for(model_or_config) -> Family:
+    """The registry entry for a model or its config (reads ``config.model_type``)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return family_of(getattr(config, "model_type", None))
+
+
+def preset_families() -> list[str]:
+    """model_types that define ``--targets attention`` / ``mlp`` (for error messages)."""
+    return sorted(t for f in FAMILIES if f.presets for t in f.model_types)

@@ -1,0 +1,98 @@
+"""The resolved speed plan of a training run: what it will finally do, decided in one place.
+
+The trainer's speed and memory options interact: `--compile` replaces fused projections and lean
+layers (their Python-side caching breaks dynamo's graphs), lean layers are pointless under
+gradient checkpointing (which discards those activations anyway), bf16-held frozen weights are
+for LoRA only, compiled bf16 training on a CPU defaults to `eager_recompute` attention, and the
+family registry says where fusing and lean layers apply at all. `resolve_speed` applies every
+such rule and nothing else does: the trainer applies its result (`lorakit.train.speed`), the
+memory planner and the benchmark read it, and it is printed in the run summary and saved in
+``train_config.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lorakit.families import family_of
+from lorakit.runtime.precision import resolve_precision
+
+RECOMPUTE_ATTENTION = "eager_recompute"  # registered by lorakit.train.attention
+
+
+@dataclass(frozen=True)
+class SpeedPlan:
+    """What a run does for speed and memory, resolved for one model on one machine."""
+
+    device: str  # 'cpu', 'cuda', 'mps'
+    precision: str  # 'fp32' or 'bf16' (auto resolved on this machine)
+    attention: str | None  # an attention implementation to switch to; None keeps the model's own
+    compile: bool  # torch.compile each decoder layer
+    fuse: bool  # one GEMM per group of frozen projections that read one input
+    lean: bool  # recompute norm outputs and the gated product in backward
+    frozen_bf16: bool  # hold frozen projection weights in bf16 (same bits autocast would use)
+    own_weights: bool  # copy weights out of the file mapping, dropping its pages
+    compiled_loss: bool  # the chunked loss's softmax as one compiled kernel
+    grad_checkpoint: bool
+    release_memory: bool  # freed memory back to the OS at once (glibc)
+    notes: tuple[str, ...] = field(default=())  # why an option asked for is off
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, for train_config.yaml and summary.json."""
+        return {**asdict(self), "notes": list(self.notes)}
+
+    def format(self) -> str:
+        """One line of what is on, then one line per note."""
+        on = [name for name in ("compile", "fuse", "lean", "frozen_bf16", "own_weights", "compiled_loss",
+                                "grad_checkpoint", "release_memory") if getattr(self, name)]
+        head = (f"speed plan: {self.device}, {self.precision}, attention {self.attention or 'model default'}; "
+                f"on: {', '.join(on) or 'nothing'}")
+        return "\n".join([head, *(f"  {note}" for note in self.notes)])
+
+
+def resolve_speed(*, model_type: str | None, method: str, device: Any, precision: str = "fp32",
+                  compile: bool = False, fuse: bool = True, lean_memory: bool = True, attention: str | None = None,
+                  grad_checkpoint: bool = False, release_memory: bool = False) -> SpeedPlan:
+    """The speed plan for training a `model_type` model with `method` on `device` (a torch.device),
+    from the trainer's options of the same names (`TrainConfig.speed_settings()`)."""
+    family = family_of(model_type)
+    resolved = resolve_precision(precision, device)
+    notes: list[str] = []
+
+    def why_off(option: str, asked: bool, reasons: list[tuple[bool, str]]) -> bool:
+        """`asked`, unless one of `reasons` holds: then off, with that reason noted."""
+        if not asked:
+            return False
+        for holds, reason in reasons:
+            if holds:
+                notes.append(f"{option} off: {reason}")
+                return False
+        return True
+
+    fused = why_off("fuse", fuse, [
+        (compile, "--compile replaces it"),
+        (method == "full", "full fine-tuning trains the projections"),
+        (method == "qlora", "the frozen projections are quantized"),
+        (not family.fuse, family.reason("fuse")),
+    ])
+    lean = why_off("lean", lean_memory, [
+        (compile, "--compile replaces it"),
+        (grad_checkpoint, "gradient checkpointing discards those activations anyway"),
+        (not family.lean, family.reason("lean")),
+    ])
+    if attention is None and compile and resolved == "bf16" and device.type == "cpu" and not grad_checkpoint:
+        # eager attention's matmuls beat the CPU sdpa kernel under compiled bf16; recomputing its
+        # probabilities keeps memory at sdpa's level (bench/RESULTS.md, round 4)
+        attention = RECOMPUTE_ATTENTION
+        notes.append("attention eager_recompute: the default for compiled bf16 training on a CPU")
+    return SpeedPlan(
+        device=device.type, precision=resolved, attention=attention, compile=compile, fuse=fused, lean=lean,
+        # autocast casts frozen weights to bf16 at every use anyway; DoRA's norms read the base weight
+        # in fp32 math, head-only saves the whole model, full trains every weight, QLoRA's are quantized
+        frozen_bf16=resolved == "bf16" and method == "lora",
+        own_weights=fused and lean_memory,
+        # fp32 logits need no casts, and the chunked loss's in-place steps beat the kernel there
+        compiled_loss=compile and resolved == "bf16",
+        grad_checkpoint=grad_checkpoint, release_memory=release_memory, notes=tuple(notes),
+    )
