@@ -33,7 +33,7 @@ MODES = ("eager", "compile", "eager-plain", "compile-plain")
 
 
 def worker(mode: str, steps: int, adapter_dir: Path) -> dict:
-    from lorakit.train.progress import peak_rss_mb
+    from lorakit.runtime.memory import peak_rss_mb
 
     torch.set_num_threads(2)
     plain = mode.endswith("plain")

@@ -51,7 +51,7 @@ def main() -> None:
     from lorakit.adapters import load_adapter
     from lorakit.merge import merge_to_dir
     from lorakit.models import load_model
-    from lorakit.train.run import set_threads
+    from lorakit.runtime.device import set_threads
 
     p = argparse.ArgumentParser()
     p.add_argument("--adapter", required=True)

@@ -13,11 +13,14 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.qlora_memory import CKPT, qwen2_15b_config  # noqa: E402
-from lorakit.plan import estimate  # noqa: E402
+from lorakit.plan import estimate, resolve_speed  # noqa: E402
+from lorakit.plan.arch import load_config  # noqa: E402
 
 # the config the run used: QLoRA read the saved checkpoint (its config.json says float32)
 SPECS = {"qwen2-1.5b": qwen2_15b_config, "smollm2-135m-instruct": lambda: "smollm2-135m-instruct"}
@@ -37,9 +40,11 @@ def main() -> int:
     for model, method, run in rows:
         r = run or {"batch": 1, "seq": 512, "rank": 16, "grad_checkpoint": True}
         spec = QLORA_SPECS.get(model, SPECS[model]) if method.startswith("qlora") else SPECS[model]
-        est = estimate(spec(), method=method.split()[0], batch_size=r["batch"], seq_len=r["seq"], rank=r["rank"],
-                       grad_checkpoint=r["grad_checkpoint"], loss_chunk_tokens=r.get("loss_chunk", 1024),
-                       release=True, available=10**12)
+        config, name = load_config(spec()), method.split()[0]
+        speed = resolve_speed(model_type=config.model_type, method=name, device=torch.device("cpu"),
+                              grad_checkpoint=r["grad_checkpoint"], release_memory=True)
+        est = estimate(config, method=name, batch_size=r["batch"], seq_len=r["seq"], rank=r["rank"],
+                       loss_chunk_tokens=r.get("loss_chunk", 1024), available=10**12, speed=speed)
         pred = f"{est.total / 1e9:.2f} ({est.weights / 1e9:.2f} / {(est.activations + est.logits) / 1e9:.2f})"
         if run is None:
             print(f"| {model} | {method} | {pred} | not run (needs ~{est.total / 1e9:.0f} GB) | - |")

@@ -17,7 +17,7 @@ trainer's chunked cross entropy (<= 1024 tokens of logits at a time, gradient fo
 forward), and with --lean-malloc what --lean-memory and --release-memory do (lean layers when not
 checkpointing, fused frozen projections, weights out of the file mapping; freed memory returned at
 once, heap trimmed after each step). --release-memory was the trainer's default when these were
-measured; it is opt-in since 2026-11-29 (it costs ~30% of the tokens/s, bench/RESULTS.md). PEFT runs
+measured; it is opt-in since 2026-11-29 (it costs training speed, bench/RESULTS.md). PEFT runs
 the usual way (``model(input_ids, labels=...)``, transformers' own loss).
 """
 
@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lorakit.train.progress import peak_rss_mb  # noqa: E402
+from lorakit.runtime.memory import peak_rss_mb  # noqa: E402
 
 CKPT = Path(os.environ.get("LORAKIT_BENCH_CKPT", "/tmp/lorakit-bench/qwen2-1.5b-random"))
 
@@ -84,8 +84,9 @@ def build(model_name: str, method: str, rank: int, layers: int = 0):
 def prepare(model, method: str, args: argparse.Namespace):
     """Checkpointing and the trainer's --lean-memory / --release-memory parts, as `lorakit train` sets them up; returns
     ``step(ids) -> loss`` (one AdamW step)."""
-    from lorakit.plan.malloc import release_free_heap
-    from lorakit.train.methods import speed_and_memory
+    from lorakit.runtime.memory import release_free_heap
+    from lorakit.plan.speed import resolve_speed
+    from lorakit.train.speed import apply_speed_plan
     from lorakit.train.loss import shift_labels
     from lorakit.train.objective import causal_lm_loss
 
@@ -93,7 +94,9 @@ def prepare(model, method: str, args: argparse.Namespace):
         inner = model.get_base_model() if method == "peft" else model
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method != "peft" and args.lean_malloc:  # what `lorakit train --release-memory` does
-        speed_and_memory(model, grad_checkpoint=args.grad_checkpoint)
+        apply_speed_plan(model, resolve_speed(model_type=model.config.model_type, method="qlora",
+                                              device=torch.device("cpu"), grad_checkpoint=args.grad_checkpoint,
+                                              release_memory=True))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
@@ -114,7 +117,7 @@ def prepare(model, method: str, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> dict:
-    from lorakit.plan.malloc import lean_malloc
+    from lorakit.runtime.memory import lean_malloc
 
     if args.lean_malloc:
         lean_malloc()
@@ -146,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
 def speed(args: argparse.Namespace) -> dict:
     """QLoRA vs fp32 LoRA step time, both models in one process taking turns step by step, so
     background load hits both alike (the median step of each is compared)."""
-    from lorakit.plan.malloc import lean_malloc
+    from lorakit.runtime.memory import lean_malloc
 
     lean_malloc()
     steps = {}
@@ -172,7 +175,7 @@ def speed(args: argparse.Namespace) -> dict:
 
 
 def make_checkpoint(out: Path) -> None:
-    """Random-init 1.5B Qwen2 saved as sharded safetensors (fp32, ~7.1 GB)."""
+    """Random-init 1.5B Qwen2 saved as sharded safetensors (fp32; its size is in bench/RESULTS_quant.md)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -182,7 +185,7 @@ def make_checkpoint(out: Path) -> None:
     print(f"wrote {out}")
 
 
-CONFIGS = [  # (model, method, steps); full on 1.5B needs ~30 GB: predicted only
+CONFIGS = [  # (model, method, steps); full on 1.5B does not fit this machine's RAM: predicted only
     ("smollm2-135m-instruct", "full", 3), ("smollm2-135m-instruct", "lora", 3), ("smollm2-135m-instruct", "qlora", 3),
     ("qwen2-1.5b", "qlora", 3), ("qwen2-1.5b", "lora", 3), ("qwen2-1.5b", "peft", 2),
 ]

@@ -39,8 +39,8 @@ from lorakit.infer.engine import Engine  # noqa: E402
 from lorakit.infer.prompts import encode_chat  # noqa: E402
 from lorakit.infer.sampling import SamplingParams  # noqa: E402
 from lorakit.models import load_model  # noqa: E402
-from lorakit.train.precision import hold_base_in  # noqa: E402
-from lorakit.train.progress import peak_rss_mb  # noqa: E402
+from lorakit.runtime.precision import hold_base_in  # noqa: E402
+from lorakit.runtime.memory import peak_rss_mb  # noqa: E402
 
 TOPICS = ["the sea", "a library", "winter", "trains", "a garden", "the moon", "bread", "a violin",
           "mountains", "a market", "rain", "an old house", "bees", "a bridge", "snow", "a lighthouse"]

@@ -4,14 +4,19 @@
     .venv/bin/python bench/train_throughput.py --case dataset --data DIR  # (b) real prepared dataset
     .venv/bin/python bench/train_throughput.py --steps 50 --precision bf16 --compile   # lorakit's fastest
     .venv/bin/python bench/train_throughput.py --steps 50 --precision bf16 --compile --peft-precision bf16
+    .venv/bin/python bench/train_throughput.py --steps 12 --model smollm2-135m-instruct,gemma3-270m
 
-Both systems train SmolLM2-135M-Instruct (fp32 weights, r=16, alpha=32, all linear layers, AdamW
-lr 1e-4) from the *same* adapter initialisation (lorakit's, loaded into PEFT) on the same batches.
+Each --model (default SmolLM2-135M-Instruct; any `--model` lorakit takes) is run by both systems in
+turn and reported on its own.
+
+Both systems train the model (fp32 weights, r=16, alpha=32, all linear layers, LoRA dropout 0.05
+unless --dropout says otherwise, AdamW lr 1e-4) from the *same* adapter initialisation
+(lorakit's, loaded into PEFT) on the same batches.
 Each system runs alone in a fresh process, one after the other, exactly as it would train:
 lorakit with `lorakit train`'s settings (the flags above mirror the trainer's), PEFT + transformers
 as their user runs them (fp32, or bf16 autocast as the HF Trainer's ``bf16=True``). Reported per
 system: the median step's tokens/s after two warm-up steps, the loss after the last step and the
-process's peak RSS (VmHWM, `lorakit.train.progress.peak_rss_mb`); the load average before and
+process's peak RSS (VmHWM, `lorakit.runtime.memory.peak_rss_mb`); the load average before and
 after tells whether the machine was quiet. (b) counts only labelled tokens: lorakit packs samples
 into 512-token rows, PEFT pads each batch of 4 samples to its longest; both use completion-only loss.
 """
@@ -34,28 +39,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lorakit.adapters import LoraConfig, add_adapter, save_adapter, set_trainable  # noqa: E402
+from lorakit.data.schema import read_rows  # noqa: E402
 from lorakit.models import load_model  # noqa: E402
-from lorakit.plan.malloc import lean_malloc, release_free_heap  # noqa: E402
-from lorakit.train.batches import Batches, Sample, load_samples, padded_batch  # noqa: E402
+from lorakit.runtime.machine import cpu_facts, gemm_peak_gflops  # noqa: E402
+from lorakit.runtime.memory import lean_malloc, release_free_heap  # noqa: E402
+from lorakit.data.schema import Sample  # noqa: E402
+from lorakit.train.batches import Batches, load_samples, padded_batch  # noqa: E402
 from lorakit.train.config import TrainConfig  # noqa: E402
 from lorakit.train.loss import IGNORE  # noqa: E402
-from lorakit.train.precision import autocast  # noqa: E402
-from lorakit.train.progress import peak_rss_mb  # noqa: E402
-from lorakit.train.run import make_fast, training_loss  # noqa: E402
+from lorakit.runtime.precision import autocast  # noqa: E402
+from lorakit.runtime.memory import peak_rss_mb  # noqa: E402
+from lorakit.train.run import speed_plan, training_loss  # noqa: E402
+from lorakit.train.speed import apply_speed_plan  # noqa: E402
 
 LR, RANK, ALPHA = 1e-4, 16, 32
-
-
-def matmul_peak_gflops(seconds: float = 2.0, dtype: torch.dtype = torch.float32) -> float:
-    """GEMM rate of this machine in `dtype` at the model's shapes (1024 x 576 @ 576 x 1536)."""
-    a, b = torch.randn(1024, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        n += 1
-    return 2 * 1024 * 576 * 1536 * n / (time.perf_counter() - start) / 1e9
 
 
 def flops_per_token(model: torch.nn.Module, seq: int) -> float:
@@ -67,13 +64,14 @@ def flops_per_token(model: torch.nn.Module, seq: int) -> float:
     return 4 * linear + attention
 
 
-def fixed_batches(n_steps: int, batch: int, seq: int, data: str | None):
-    """(a): fixed-length windows of real text token ids if a dataset is given, else random ids."""
+def fixed_batches(n_steps: int, batch: int, seq: int, data: str | None, tokenizer):
+    """(a): fixed-length windows of a dataset's text in the model's own tokens, else random ids."""
     if data:
-        samples, _ = load_samples(Path(data) / "train.jsonl", max_seq_len=10**6)
-        stream = [t for s in samples for t in s.ids]
+        rows = read_rows(Path(data) / "train.jsonl", "content").rows
+        stream = [t for row in rows for t in tokenizer(row["text"], add_special_tokens=False).input_ids]
     else:
-        stream = torch.randint(0, 49152, (n_steps * batch * seq + 1,), generator=torch.Generator().manual_seed(0)).tolist()
+        stream = torch.randint(0, len(tokenizer), (n_steps * batch * seq + 1,),
+                               generator=torch.Generator().manual_seed(0)).tolist()
     out = []
     for i in range(n_steps):
         rows = [Sample(stream[(i * batch + b) * seq:(i * batch + b + 1) * seq]) for b in range(batch)]
@@ -81,19 +79,20 @@ def fixed_batches(n_steps: int, batch: int, seq: int, data: str | None):
     return out
 
 
-def dataset_batches(n_steps: int, data: str):
-    """(b): lorakit gets packed rows, PEFT padded batches of 4 samples, over the same sample order."""
+def dataset_batches(n_steps: int, data: str, tokenizer, pad_id: int):
+    """(b): lorakit gets packed rows, PEFT padded batches of 4 samples, over the same sample order
+    (the dataset's token ids are its preparing tokenizer's: only for the model it was prepared for)."""
     samples, _ = load_samples(Path(data) / "train.jsonl", max_seq_len=512)
-    packed = Batches(samples, 4, seed=0, pad_id=2, packing=True, row_len=512, mask_prompt=True)
-    padded = Batches(samples, 4, seed=0, pad_id=2, packing=False, mask_prompt=True)
+    packed = Batches(samples, 4, seed=0, pad_id=pad_id, packing=True, row_len=512, mask_prompt=True)
+    padded = Batches(samples, 4, seed=0, pad_id=pad_id, packing=False, mask_prompt=True)
     return [next(packed) for _ in range(n_steps)], [next(padded) for _ in range(n_steps)]
 
 
-def build(system: str, adapter_dir: Path, precision: str = "fp32", release_memory: bool = False,
+def build(system: str, model_spec: str, adapter_dir: Path, precision: str = "fp32", release_memory: bool = False,
           attention: str | None = None, **speed):
     """(model, step) for `system`, set up as it would train.
 
-    lorakit: exactly as `lorakit train` does (`run.make_fast`, `run.training_loss`), `speed` being its
+    lorakit: exactly as `lorakit train` does (`run.speed_plan`, `apply_speed_plan`, `run.training_loss`), `speed` being its
     --fuse / --lean-memory / --compile settings (default: the trainer's), `release_memory` its
     --release-memory, `attention` its --attention. Both systems: `precision` "bf16" runs the forward
     and loss under bf16 autocast (for PEFT + transformers, what the HF Trainer's ``bf16=True`` does).
@@ -102,18 +101,21 @@ def build(system: str, adapter_dir: Path, precision: str = "fp32", release_memor
     if system == "lorakit":
         from lorakit.adapters import load_adapter
 
-        cfg = TrainConfig(precision=precision, attention=attention, release_memory=release_memory, **speed)
+        cfg = TrainConfig(model=model_spec, precision=precision, attention=attention, release_memory=release_memory,
+                          **speed)
         if release_memory:
             lean_malloc()  # before loading, as the trainer does
-        model, _ = load_model()
+        model, _ = load_model(model_spec)
         load_adapter(model, adapter_dir, trainable=True)  # the initialisation PEFT loads too
         set_trainable(model, "default")
-        make_fast(model, cfg, precision, cpu)
-        step_loss = functools.partial(training_loss(cfg, precision, cpu), model)
+        plan = speed_plan(cfg, model, cpu)
+        apply_speed_plan(model, plan)
+        model.__dict__["_bench_speed_plan"] = plan.to_dict()  # reported beside the figures
+        step_loss = functools.partial(training_loss(cfg, plan, cpu), model)
     else:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(load_model()[0], adapter_dir, is_trainable=True)
+        model = PeftModel.from_pretrained(load_model(model_spec)[0], adapter_dir, is_trainable=True)
 
         def step_loss(b):
             labels = b["labels"]  # already shifted; HF shifts itself, so hand it unshifted targets
@@ -148,33 +150,36 @@ def with_padding_mask(batches):
     return batches
 
 
-def make_adapter(tmp: Path) -> Path:
+def make_adapter(model_spec: str, dropout: float, tmp: Path) -> Path:
     torch.manual_seed(0)
-    model, _ = load_model()
-    add_adapter(model, LoraConfig(r=RANK, alpha=ALPHA, target_modules="all-linear"))
-    return save_adapter(model, tmp / "init")
+    model, _ = load_model(model_spec)
+    add_adapter(model, LoraConfig(r=RANK, alpha=ALPHA, dropout=dropout, target_modules="all-linear"))
+    return save_adapter(model, tmp / "init", base_model_name_or_path=model_spec)
 
 
-def worker(system: str, args: argparse.Namespace, adapter_dir: Path) -> dict:
+def worker(system: str, model_spec: str, args: argparse.Namespace, adapter_dir: Path) -> dict:
     """One system alone in this process: per-step times, token counts and losses, and peak RSS."""
     torch.set_num_threads(2)
+    from lorakit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model_spec)
     if args.case == "fixed":
-        batches = fixed_batches(args.steps, 4, 256, args.data)
+        batches = fixed_batches(args.steps, 4, 256, args.data, tokenizer)
     else:
-        packed, padded = dataset_batches(args.steps, args.data)
+        packed, padded = dataset_batches(args.steps, args.data, tokenizer, tokenizer.pad_token_id or 0)
         batches = packed if system == "lorakit" else with_padding_mask(padded)
     if system == "lorakit":
-        model, step = build(system, adapter_dir, args.precision, args.release_memory, args.attention,
-                            compile=args.compile)
+        model, step = build(system, model_spec, adapter_dir, args.precision, args.release_memory, args.attention,
+                            compile=args.compile, fuse=args.fuse, lean_memory=args.lean_memory)
     else:
-        model, step = build(system, adapter_dir, args.peft_precision)
+        model, step = build(system, model_spec, adapter_dir, args.peft_precision)
     rows = []
     for b in batches:
         start = time.perf_counter()
         loss, n = step(b)
         rows.append((time.perf_counter() - start, n, loss))
     return {"system": system, "steps": rows, "peak_rss_mb": peak_rss_mb(),
-            "attention": model.config._attn_implementation}
+            "attention": model.config._attn_implementation, "speed_plan": getattr(model, "_bench_speed_plan", None)}
 
 
 def summarise(run: dict, fpt: float, peak: float) -> dict:
@@ -185,14 +190,53 @@ def summarise(run: dict, fpt: float, peak: float) -> dict:
             "peak_rss_mb": round(run["peak_rss_mb"])}
 
 
+def run_model(model_spec: str, args: argparse.Namespace, peak: float, peak_bf16: float) -> dict:
+    """Both systems (or --only one) on `model_spec`, each alone in a fresh process; the result row."""
+    load_before = os.getloadavg()[0]
+    adapter_dir = make_adapter(model_spec, args.dropout, Path(tempfile.mkdtemp(prefix="lorakit-bench-")))
+    model_for_flops, _ = load_model(model_spec, with_tokenizer=False)
+    fpt = flops_per_token(model_for_flops, 256 if args.case == "fixed" else 512)
+    params = sum(p.numel() for p in model_for_flops.parameters())
+    del model_for_flops
+    runs = {}
+    for system in [args.only] if args.only else ["lorakit", "peft"]:  # one after the other, each alone
+        cmd = [sys.executable, __file__, "--worker", system, "--worker-model", model_spec,
+               "--adapter", str(adapter_dir)] + sys.argv[1:]
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if out.returncode:
+            sys.exit(f"{system} worker failed on {model_spec}:\n{out.stderr[-3000:]}")
+        runs[system] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{model_spec} {system}: " + " ".join(f"{n / t:.0f}" for t, n, _ in runs[system]["steps"]) + " tok/s",
+              flush=True)
+    settings = {"lorakit": {"precision": args.precision, "compile": args.compile, "release_memory": args.release_memory,
+                            "fuse": args.fuse, "lean_memory": args.lean_memory},
+                "peft": {"precision": args.peft_precision}}
+    result = {"model": model_spec, "params": params, "flops_per_token": fpt,
+              **{name: {**settings[name], "attention": run["attention"], "speed_plan": run.get("speed_plan"),
+                        **summarise(run, fpt, peak)} for name, run in runs.items()},
+              "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+    if not args.only:
+        result["speedup"] = round(result["lorakit"]["tokens_per_s"] / result["peft"]["tokens_per_s"], 2)
+        result["memory_ratio"] = round(result["lorakit"]["peak_rss_mb"] / result["peft"]["peak_rss_mb"], 2)
+        result["loss_gap"] = round(abs(result["lorakit"]["final_loss"] - result["peft"]["final_loss"])
+                                   / result["peft"]["final_loss"], 4)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m-instruct",
+                    help="comma-separated models, as `lorakit train --model` takes them")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--case", choices=["fixed", "dataset"], default="fixed")
     ap.add_argument("--data", default=None, help="prepared dataset dir (required for --case dataset)")
+    ap.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout of the adapter both systems train")
     ap.add_argument("--compile", action="store_true", help="lorakit runs as `lorakit train --compile`")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="lorakit's --precision")
     ap.add_argument("--release-memory", action="store_true", help="lorakit runs with --release-memory")
+    ap.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True, help="lorakit's --fuse")
+    ap.add_argument("--lean-memory", action=argparse.BooleanOptionalAction, default=True,
+                    help="lorakit's --lean-memory")
     ap.add_argument("--attention", default=None,
                     help="lorakit's --attention (e.g. eager, eager_recompute; default: the trainer's choice)")
     ap.add_argument("--peft-precision", choices=["fp32", "bf16"], default="fp32",
@@ -200,46 +244,25 @@ def main() -> None:
     ap.add_argument("--only", choices=["lorakit", "peft"],
                     help="run one system (to compare lorakit's own settings; no ratio is printed)")
     ap.add_argument("--worker", choices=["lorakit", "peft"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker-model", help=argparse.SUPPRESS)
     ap.add_argument("--adapter", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case == "dataset" and not args.data:
         ap.error("--case dataset needs --data DIR (from `lorakit data prepare`)")
     if args.worker:
-        print(json.dumps(worker(args.worker, args, Path(args.adapter))))
+        print(json.dumps(worker(args.worker, args.worker_model, args, Path(args.adapter))))
         return
     torch.set_num_threads(2)
-    load_before = os.getloadavg()[0]
-    adapter_dir = make_adapter(Path(tempfile.mkdtemp(prefix="lorakit-bench-")))
-    peak = matmul_peak_gflops()
-    peak_bf16 = matmul_peak_gflops(dtype=torch.bfloat16)
-    model_for_flops, _ = load_model()
-    fpt = flops_per_token(model_for_flops, 256 if args.case == "fixed" else 512)
-    del model_for_flops
-
-    runs = {}
-    for system in [args.only] if args.only else ["lorakit", "peft"]:  # one after the other, each alone
-        cmd = [sys.executable, __file__, "--worker", system, "--adapter", str(adapter_dir)] + sys.argv[1:]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        if out.returncode:
-            sys.exit(f"{system} worker failed:\n{out.stderr[-3000:]}")
-        runs[system] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{system}: " + " ".join(f"{n / t:.0f}" for t, n, _ in runs[system]["steps"]) + " tok/s", flush=True)
-    peak = max(peak, matmul_peak_gflops())  # again after the run: background load can spoil one reading
-    settings = {"lorakit": {"precision": args.precision, "compile": args.compile, "release_memory": args.release_memory},
-                "peft": {"precision": args.peft_precision}}
-    result = {"case": args.case, "steps": args.steps,
-              **{name: {**settings[name], "attention": run["attention"], **summarise(run, fpt, peak)}
-                 for name, run in runs.items()},
-              "matmul_peak_gflops": {"fp32": round(peak, 1), "bf16": round(peak_bf16, 1)},
-              "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
-    if args.only:
-        print(json.dumps(result, indent=1))
-        return
-    result["speedup"] = round(result["lorakit"]["tokens_per_s"] / result["peft"]["tokens_per_s"], 2)
-    result["memory_ratio"] = round(result["lorakit"]["peak_rss_mb"] / result["peft"]["peak_rss_mb"], 2)
-    result["loss_gap"] = round(abs(result["lorakit"]["final_loss"] - result["peft"]["final_loss"])
-                               / result["peft"]["final_loss"], 4)
-    print(json.dumps(result, indent=1))
+    machine = cpu_facts()
+    peak, peak_bf16 = gemm_peak_gflops(), gemm_peak_gflops(torch.bfloat16)
+    print(f"machine: {machine['cpu']}, flags {' '.join(machine['flags'])}; GEMM fp32 {peak:.0f} GFLOP/s, "
+          f"bf16 {peak_bf16:.0f} GFLOP/s", flush=True)
+    results = [run_model(spec.strip(), args, peak, peak_bf16) for spec in args.model.split(",") if spec.strip()]
+    peak_after = gemm_peak_gflops()  # again after the runs: background load can spoil one reading
+    print(json.dumps({"case": args.case, "steps": args.steps, "dropout": args.dropout, "machine": machine,
+                      "matmul_peak_gflops": {"fp32": round(max(peak, peak_after), 1), "fp32_after": round(peak_after, 1),
+                                             "bf16": round(peak_bf16, 1)},
+                      "models": results}, indent=1))
 
 
 if __name__ == "__main__":
