@@ -6,6 +6,7 @@ next to every output (``train_config.yaml``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,49 @@ from lorakit.runtime.precision import check_precision
 
 METHODS = ("lora", "dora", "full", "head", "qlora")
 SCHEDULES = ("cosine", "linear", "constant")
+
+
+# numeric settings: (type, lowest allowed, a bound the value must stay below, or None); "+" means
+# greater than 0.
+# None as a value is allowed only where the default is None (max_steps, threads, alpha before defaulting).
+NUMBERS: dict[str, tuple[type, float | str, float | None]] = {
+    "rank": (int, "+", None), "batch_size": (int, "+", None), "grad_accum": (int, "+", None),
+    "max_seq_len": (int, "+", None), "loss_chunk": (int, "+", None), "max_steps": (int, "+", None),
+    "eval_batches": (int, "+", None), "log_every": (int, "+", None), "threads": (int, "+", None),
+    "warmup": (int, 0, None), "eval_every": (int, 0, None), "save_every": (int, 0, None),
+    "keep_checkpoints": (int, 0, None),
+    "alpha": (float, "+", None), "lr": (float, "+", None), "epochs": (float, "+", None),
+    "dropout": (float, 0, 1.0), "weight_decay": (float, 0, None), "max_grad_norm": (float, 0, None),
+}
+OPTIONAL = ("max_steps", "threads")
+
+
+def _check_number(name: str, value: Any, kind: type, low: float | str, high: float | None) -> None:
+    """Refuse, in one line, a setting of the wrong type, NaN/infinite, or outside its range."""
+    flag = "--" + name.replace("_", "-")
+    if value is None and name in OPTIONAL:
+        return
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not numeric or (kind is int and not isinstance(value, int)):
+        raise LorakitError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise LorakitError(f"{flag} must be a finite number, got {value!r}")
+    if low == "+" and value <= 0:
+        raise LorakitError(f"{flag} must be positive, got {value}")
+    if low != "+" and value < low:
+        raise LorakitError(f"{flag} must be at least {low}, got {value}")
+    if high is not None and value >= high:
+        raise LorakitError(f"{flag} must be below {high}, got {value}")
+
+
+def _yaml_number(name: str, value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string: take it as the number it spells for a numeric setting."""
+    if name in NUMBERS and NUMBERS[name][0] is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value  # refused with its name by _check_number
+    return value
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -88,11 +132,10 @@ class TrainConfig:
         check_precision(self.precision)
         if self.schedule not in SCHEDULES:
             raise LorakitError(f"--schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
-        for name in ("rank", "batch_size", "grad_accum", "max_seq_len", "loss_chunk"):
-            if getattr(self, name) <= 0:
-                raise LorakitError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.alpha is None:
+        if self.alpha is None and isinstance(self.rank, int) and not isinstance(self.rank, bool):
             self.alpha = 2.0 * self.rank
+        for name, (kind, low, high) in NUMBERS.items():
+            _check_number(name, getattr(self, name), kind, low, high)
 
     @classmethod
     def resolve(cls, yaml_path: str | None, cli: dict[str, Any]) -> "TrainConfig":
@@ -106,7 +149,7 @@ class TrainConfig:
                 raise LorakitError(f"{path}: cannot read the config ({exc})") from None
             if not isinstance(loaded, dict):
                 raise LorakitError(f"{path}: expected a mapping of setting: value")
-            values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+            values.update({k.replace("-", "_"): _yaml_number(k.replace("-", "_"), v) for k, v in loaded.items()})
         values.pop("speed_plan", None)  # an earlier run's resolved plan (train_config.yaml): resolved anew
         values.update(cli)
         known = {f.name for f in fields(cls)}

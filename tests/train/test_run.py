@@ -286,3 +286,34 @@ def test_attention_implementation_is_switched_or_refused(tiny_model_dir, dataset
                                rtol=1e-5, atol=0)
     with pytest.raises(LorakitError, match="--attention"):
         run_training(_cfg(tiny_model_dir, dataset, tmp_path / "bad", attention="no-such-attention", **common))
+
+
+@pytest.mark.parametrize("setting", [
+    {"lr": float("nan")}, {"lr": -1e-4}, {"lr": 0.0}, {"dropout": 1.0}, {"dropout": -0.1},
+    {"epochs": float("inf")}, {"warmup": -1}, {"weight_decay": float("nan")}, {"max_grad_norm": -1.0},
+    {"max_steps": 0}, {"alpha": float("nan")}, {"rank": 2.5}, {"batch_size": True}, {"lr": "fast"},
+    {"eval_batches": 0}, {"save_every": -5}, {"threads": 0},
+])
+def test_settings_that_make_no_sense_are_refused_in_one_line(setting):
+    """Negative, zero, NaN, infinite or wrongly typed values never start a run that reports success."""
+    (name, value), = setting.items()
+    with pytest.raises(LorakitError, match=f"--{name.replace('_', '-')} must be") as info:
+        TrainConfig(**setting)
+    assert "\n" not in str(info.value)
+
+
+def test_sensible_edge_values_are_accepted():
+    cfg = TrainConfig(lr=1, dropout=0.0, warmup=0, weight_decay=0.0, max_grad_norm=0.0, eval_every=0,
+                      save_every=0, keep_checkpoints=0, max_steps=None, threads=None, alpha=32)
+    assert cfg.alpha == 32 and cfg.lr == 1
+
+
+def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
+    """PyYAML reads `lr: 1e-4` as the string '1e-4'; the config takes it as the number."""
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-4\nweight_decay: 1e-2\n")
+    cfg = TrainConfig.resolve(str(path), {})
+    assert cfg.lr == 1e-4 and cfg.weight_decay == 1e-2
+    path.write_text("lr: fast\n")
+    with pytest.raises(LorakitError, match="--lr must be a number"):
+        TrainConfig.resolve(str(path), {})
