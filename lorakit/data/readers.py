@@ -159,22 +159,49 @@ def _newline_style(text: str) -> str:
     return styles[0] if len(styles) == 1 else ("none" if not styles else "mixed")
 
 
+# The most one input file may hold, decompressed: a book is a few MB of text, so a file past this
+# is not prose to clean by hand, or a gzip bomb; refused before it fills memory.
+MAX_SOURCE_BYTES = 256 << 20
+
+
+def _too_large(name: str) -> BadInputError:
+    return BadInputError(f"{name}: holds more than {MAX_SOURCE_BYTES >> 20} MiB of text (decompressed); split it "
+                         f"into smaller files, {SKIP_HINT}", file=name, reason="too_large")
+
+
+def _gunzip_bounded(path: Path, name: str) -> bytes:
+    """The decompressed bytes of `path`, read in blocks and refused once past MAX_SOURCE_BYTES."""
+    blocks, total = [], 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                total += len(block)
+                if total > MAX_SOURCE_BYTES:
+                    raise _too_large(name)
+                blocks.append(block)
+    except (OSError, EOFError, zlib.error):
+        raise BadInputError(f"{name}: is not a valid gzip file; re-compress it with gzip, {SKIP_HINT}",
+                            file=name, reason="bad_gzip") from None
+    return b"".join(blocks)
+
+
 def read_source(path: str | Path) -> SourceFile:
     """Read and decode one input file; line endings are normalised to LF."""
     path = Path(path)
     name = str(path)
+    compressed = path.suffix.lower() == ".gz"
     try:
-        data = path.read_bytes()
+        if compressed:
+            data = _gunzip_bounded(path, name)
+        elif path.stat().st_size > MAX_SOURCE_BYTES:
+            raise _too_large(name)
+        else:
+            data = path.read_bytes()
+    except BadInputError:
+        raise
     except OSError as exc:
         raise BadInputError(f"{name}: cannot read ({exc.strerror}); check permissions, {SKIP_HINT}",
                             file=name, reason="unreadable") from None
-    compressed = path.suffix.lower() == ".gz"
-    if compressed:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error):
-            raise BadInputError(f"{name}: is not a valid gzip file; re-compress it with gzip, {SKIP_HINT}",
-                                file=name, reason="bad_gzip") from None
     if not data.strip():
         raise BadInputError(f"{name}: file is empty; remove it from the inputs, {SKIP_HINT}",
                             file=name, reason="empty")

@@ -121,3 +121,25 @@ def test_skip_bad_counts_and_continues(tmp_path):
     recs = parse_jsonl(src, skip_bad=True, bad=bad)
     assert [r.text for r in recs] == ["one", "two"]
     assert [(b["line"], b["reason"]) for b in bad] == [(2, "bad_json"), (3, "missing_field")]
+
+
+def test_a_gzip_that_decompresses_past_the_limit_is_refused_before_it_fills_memory(tmp_path, monkeypatch):
+    """A small .gz can hold gigabytes (a gzip bomb): decompression stops at the limit, in one line."""
+    import gzip
+
+    from lorakit.data import readers
+
+    monkeypatch.setattr(readers, "MAX_SOURCE_BYTES", 1 << 20)
+    bomb = tmp_path / "book.txt.gz"
+    bomb.write_bytes(gzip.compress(b"word " * (1 << 20)))  # 5 MiB of text in a few KB
+    assert bomb.stat().st_size < 64 << 10
+    with pytest.raises(readers.BadInputError, match="more than 1 MiB") as info:
+        readers.read_source(bomb)
+    assert info.value.reason == "too_large" and "\n" not in str(info.value)
+    plain = tmp_path / "big.txt"
+    plain.write_bytes(b"word " * (1 << 19))  # 2.5 MiB, not compressed
+    with pytest.raises(readers.BadInputError, match="split it"):
+        readers.read_source(plain)
+    small = tmp_path / "ok.txt.gz"
+    small.write_bytes(gzip.compress(b"A short story.\n" * 100))
+    assert readers.read_source(small).text.startswith("A short story.")
