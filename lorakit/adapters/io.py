@@ -236,9 +236,24 @@ def prepare_adapter(model: nn.Module, path: str | os.PathLike, name: str = "defa
         if tuple(tensors[key].shape) != shape:
             raise AdapterLoadError(f"{weights}: {key} has shape {tuple(tensors[key].shape)} but module "
                                    f"'{module_name}' needs {shape}; the adapter was trained for a different base model")
+    for key in expected:
+        _check_values(weights, key, tensors[key])
     prepared = PreparedAdapter(path, name, config, plan, expected, tensors, trainable)
     prepared.parts = _build_parts(model, prepared)
     return prepared
+
+
+def _check_values(weights: Path, key: str, tensor: torch.Tensor) -> None:
+    """Refuse a weight that is not floating point or holds NaN/inf: it would load and then poison
+    every output (or the training loss) silently."""
+    if not tensor.is_floating_point():
+        raise AdapterLoadError(f"{weights}: {key} has dtype {str(tensor.dtype).removeprefix('torch.')}; adapter "
+                               "weights are floating point (float32, bfloat16 or float16): re-save the adapter")
+    # a sum is non-finite whenever an element is (cheaper than isfinite per element on hundreds of
+    # small factors); it can also overflow on huge finite values, so the exact check confirms
+    if not bool(tensor.sum().isfinite()) and not bool(torch.isfinite(tensor).all()):
+        raise AdapterLoadError(f"{weights}: {key} holds NaN or infinite values; the run that wrote it diverged: "
+                               "use an earlier checkpoint or retrain with a lower --lr")
 
 
 def _plan_current(model: nn.Module, prepared: PreparedAdapter) -> bool:

@@ -165,3 +165,25 @@ def test_targets_flag_parsing_is_shared():
     assert parse_targets("q_proj, v_proj") == ["q_proj", "v_proj"]
     assert parse_targets("attn.c_proj") == ["attn.c_proj"]  # a dotted suffix, not a regex
     assert parse_targets(r".*\.(q|v)_proj") == r".*\.(q|v)_proj"
+
+
+@pytest.mark.parametrize("poison", ["nan", "inf", "int"])
+def test_non_finite_or_integer_weights_are_refused_and_nothing_changes(saved_adapter, poison):
+    """A diverged run's NaN/inf factors or an integer tensor would load and silently ruin every output."""
+    from safetensors.torch import load_file, save_file
+
+    path = saved_adapter / "adapter_model.safetensors"
+    tensors = load_file(path)
+    key = sorted(k for k in tensors if k.endswith("lora_B.weight"))[0]
+    if poison == "int":
+        tensors[key] = tensors[key].to(torch.int32)
+    else:
+        tensors[key][0, 0] = float(poison)
+    save_file(tensors, path)
+    model = tiny_model("llama")
+    snap = _snapshot(model)
+    expected = "dtype int32" if poison == "int" else "NaN or infinite"
+    with pytest.raises(AdapterLoadError, match=f"adapter_model.safetensors: .*{expected}") as info:
+        load_adapter(model, saved_adapter)
+    assert "\n" not in str(info.value) and key in str(info.value)
+    assert_unchanged(model, snap)
