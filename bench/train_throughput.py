@@ -150,9 +150,9 @@ def with_padding_mask(batches):
     return batches
 
 
-def make_adapter(model_spec: str, dropout: float, tmp: Path) -> Path:
+def make_adapter(model: torch.nn.Module, model_spec: str, dropout: float, tmp: Path) -> Path:
+    """The initial adapter both systems load (`model` gets it attached)."""
     torch.manual_seed(0)
-    model, _ = load_model(model_spec)
     add_adapter(model, LoraConfig(r=RANK, alpha=ALPHA, dropout=dropout, target_modules="all-linear"))
     return save_adapter(model, tmp / "init", base_model_name_or_path=model_spec)
 
@@ -193,11 +193,11 @@ def summarise(run: dict, fpt: float, peak: float) -> dict:
 def run_model(model_spec: str, args: argparse.Namespace, peak: float, peak_bf16: float) -> dict:
     """Both systems (or --only one) on `model_spec`, each alone in a fresh process; the result row."""
     load_before = os.getloadavg()[0]
-    adapter_dir = make_adapter(model_spec, args.dropout, Path(tempfile.mkdtemp(prefix="lorakit-bench-")))
-    model_for_flops, _ = load_model(model_spec, with_tokenizer=False)
-    fpt = flops_per_token(model_for_flops, 256 if args.case == "fixed" else 512)
-    params = sum(p.numel() for p in model_for_flops.parameters())
-    del model_for_flops
+    model, _ = load_model(model_spec, with_tokenizer=False)
+    fpt = flops_per_token(model, 256 if args.case == "fixed" else 512)  # of the base, before the adapter
+    params = sum(p.numel() for p in model.parameters())
+    adapter_dir = make_adapter(model, model_spec, args.dropout, Path(tempfile.mkdtemp(prefix="lorakit-bench-")))
+    del model
     runs = {}
     for system in [args.only] if args.only else ["lorakit", "peft"]:  # one after the other, each alone
         cmd = [sys.executable, __file__, "--worker", system, "--worker-model", model_spec,

@@ -9,8 +9,6 @@ An entry says, for the `model_type`s of one family:
   outputs feed linears, and the gated MLP's activation; None where they do not apply;
 * `head`: how the causal-LM loss reads the logits: ``plain`` (``lm_head(final hidden)``, with the
   config's ``final_logit_softcapping`` when it is set) or ``model`` (the model's own forward);
-* `recomputed_input_of`: the linears whose saved input lean layers recompute (the planner counts
-  them out);
 * `gguf_arch`: the llama.cpp architecture name (for GGUF export); `why_not`: why a speed path
   does not apply, shown in the speed plan.
 
@@ -28,11 +26,16 @@ PLAIN, MODEL = "plain", "model"  # head kinds
 
 @dataclass(frozen=True)
 class Lean:
-    """What lean layers recompute: the outputs of `norms`, and ``act(gate(x)) * up(x)``."""
+    """What lean layers recompute: the outputs of `norms`, and ``act(gate(x)) * up(x)``.
+
+    `recomputed_input_of`: the linears whose saved input that is (the planner counts them out):
+    the attention projections read the first norm's output, gate/up the second's, and down_proj
+    the gated product (the names `lorakit.train.lean.LeanMLP` works with)."""
 
     norms: tuple[str, ...]
     activation: str  # "silu" or "gelu_tanh": the gated MLP's activation (lorakit.train.lean.GATES)
-    recomputed_input_of: frozenset[str]
+    recomputed_input_of: frozenset[str] = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj",
+                                                     "down_proj"})
 
 
 @dataclass(frozen=True)
@@ -42,16 +45,11 @@ class Family:
     name: str
     model_types: tuple[str, ...]
     presets: dict[str, list[str] | str] = field(default_factory=dict)
-    layers: str = "layers"  # attribute of `model.base_model` holding the decoder blocks
     fuse: tuple[tuple[str, tuple[str, ...]], ...] = ()
     lean: Lean | None = None
     head: str = MODEL
     gguf_arch: str | None = None
     why_not: dict[str, str] = field(default_factory=dict)  # speed path -> reason it is off
-
-    def blocks(self, model) -> list:
-        """The decoder blocks of `model` (``model.base_model.<layers>``; empty if there are none)."""
-        return list(getattr(model.base_model, self.layers, None) or [])
 
     def reason(self, path: str) -> str:
         """Why `path` ('fuse' or 'lean') is off for this family ('' if it applies)."""
@@ -65,14 +63,13 @@ _LLAMA_PRESETS = {
     MLP: ["gate_proj", "up_proj", "down_proj"],
 }
 _QKV_GATE_UP = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj")))
-_LLAMA_INPUTS = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"})
 # Llama, Mistral, Qwen: pre-norms before attention and MLP, SwiGLU
-_LLAMA_LEAN = Lean(("input_layernorm", "post_attention_layernorm"), "silu", _LLAMA_INPUTS)
+_LLAMA_LEAN = Lean(("input_layernorm", "post_attention_layernorm"), "silu")
 # Gemma 1: the same layout, GeGLU (tanh GELU)
-_GEMMA_LEAN = Lean(("input_layernorm", "post_attention_layernorm"), "gelu_tanh", _LLAMA_INPUTS)
+_GEMMA_LEAN = Lean(("input_layernorm", "post_attention_layernorm"), "gelu_tanh")
 # Gemma 2/3: post_attention_layernorm normalises the attention *output*; the MLP reads
 # pre_feedforward_layernorm's (arXiv:2408.00118, sec. 2)
-_GEMMA2_LEAN = Lean(("input_layernorm", "pre_feedforward_layernorm"), "gelu_tanh", _LLAMA_INPUTS)
+_GEMMA2_LEAN = Lean(("input_layernorm", "pre_feedforward_layernorm"), "gelu_tanh")
 _BERT_PRESETS = {
     ATTENTION: ["query", "key", "value", "attention.output.dense"],
     MLP: r".*\.layer\.\d+\.(intermediate|output)\.dense",
@@ -101,7 +98,7 @@ FAMILIES: tuple[Family, ...] = (
            why_not={"fuse": "q/k/v and gate/up are one projection each in the checkpoint already",
                     "lean": "its MLP splits one gate_up projection (not the gate(x), up(x) pattern)"}),
     Family("gpt2", ("gpt2",), {ATTENTION: ["c_attn", "attn.c_proj"], MLP: ["c_fc", "mlp.c_proj"]},
-           layers="h", head=PLAIN, gguf_arch="gpt2",
+           head=PLAIN, gguf_arch="gpt2",
            why_not={"fuse": "c_attn holds q/k/v in one Conv1D already",
                     "lean": "LayerNorm and an ungated GELU MLP (not the gated pattern)"}),
     Family("bert", ("bert",), _BERT_PRESETS, gguf_arch="bert", why_not=_ENCODER),
@@ -126,6 +123,13 @@ def family_for(model_or_config) -> Family:
     """The registry entry for a model or its config (reads ``config.model_type``)."""
     config = getattr(model_or_config, "config", model_or_config)
     return family_of(getattr(config, "model_type", None))
+
+
+def decoder_layers(model) -> list:
+    """The model's repeated blocks, in order: modules whose class transformers lists in the model's
+    `_no_split_modules` (any architecture; the fast paths skip blocks without the parts they want)."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in names]
 
 
 def preset_families() -> list[str]:

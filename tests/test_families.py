@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lorakit.families import FALLBACK, FAMILIES, PLAIN, family_for, family_of
+from lorakit.families import FALLBACK, FAMILIES, PLAIN, decoder_layers, family_for, family_of
 from lorakit.naming import name_matches
 from lorakit.train.fuse import fuse_projections
 from lorakit.train.lean import lean_layers
@@ -47,7 +47,7 @@ def test_presets_name_modules_the_model_has(name):
 def test_fast_paths_apply_exactly_where_the_registry_says(name):
     family = BY_NAME[name]
     model = tiny_model(name).requires_grad_(False)
-    blocks = len(family.blocks(model))
+    blocks = len(decoder_layers(model))
     assert fuse_projections(model) == blocks * len(family.fuse)
     assert lean_layers(tiny_model(name)) == (blocks if family.lean else 0)
     if family.fuse or family.lean:

@@ -4,7 +4,7 @@
 ``valid.jsonl``, ``test.jsonl`` and ``report.json`` into one folder;
 ``lorakit data lint`` (`lorakit.data.lint.lint_dataset`) re-checks a folder;
 ``lorakit data gutenberg`` (`lorakit.data.download.download_ebooks`) fetches ebooks by id.
-Read a split for training with `lorakit.data.dataset.load_jsonl_split`.
+Every split is read and written by `lorakit.data.schema` (`read_rows`, `write_rows`).
 
 Sample schema (one JSON object per line)::
 

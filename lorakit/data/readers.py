@@ -197,8 +197,6 @@ def read_source(path: str | Path) -> SourceFile:
             raise _too_large(name)
         else:
             data = path.read_bytes()
-    except BadInputError:
-        raise
     except OSError as exc:
         raise BadInputError(f"{name}: cannot read ({exc.strerror}); check permissions, {SKIP_HINT}",
                             file=name, reason="unreadable") from None

@@ -3,6 +3,7 @@ which kernels run (AVX2, AVX-512, AVX512-BF16, AMX, VNNI, NEON), and GEMM rates 
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 
@@ -27,8 +28,6 @@ def cpu_facts() -> dict[str, object]:
                     flags |= set(value.split())
     except OSError:
         pass
-    import os
-
     return {"cpu": name, "logical_cores": os.cpu_count(), "flags": [f for f in KERNEL_FLAGS if f in flags]}
 
 

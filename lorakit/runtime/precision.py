@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from lorakit.errors import LorakitError
@@ -25,21 +24,6 @@ PRECISIONS = ("fp32", "bf16", "auto")
 log = logging.getLogger("lorakit")
 
 
-def gemm_gflops(dtype: torch.dtype, n: int = 256, seconds: float = 0.05) -> float:
-    """GFLOP/s of an (n x n) @ (n x n) CPU matmul in `dtype`, timed for about `seconds`."""
-    import torch
-
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b  # first call: kernel selection, page faults
-    count, start = 0, time.perf_counter()
-    while True:
-        a @ b
-        count += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return 2 * n**3 * count / elapsed / 1e9
-
-
 @functools.cache
 def native_bf16(device_type: str) -> bool:
     """Does `device_type` run bf16 matmuls at least as fast as fp32? (CPU: a short probe, once per process)."""
@@ -48,7 +32,12 @@ def native_bf16(device_type: str) -> bool:
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device_type == "cpu":
-        return gemm_gflops(torch.bfloat16) >= gemm_gflops(torch.float32)
+        from lorakit.runtime.machine import gemm_peak_gflops
+
+        def rate(dtype: torch.dtype) -> float:  # a small square GEMM, briefly: enough to tell the kinds apart
+            return gemm_peak_gflops(dtype, 256, 256, 256, seconds=0.05)
+
+        return rate(torch.bfloat16) >= rate(torch.float32)
     return False
 
 

@@ -23,7 +23,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 # numeric settings: (type, lowest allowed, a bound the value must stay below, or None); "+" means
 # greater than 0.
-# None as a value is allowed only where the default is None (max_steps, threads, alpha before defaulting).
+# None as a value is allowed only where the default is None (max_steps, threads; alpha, then 2 x rank).
 NUMBERS: dict[str, tuple[type, float | str, float | None]] = {
     "rank": (int, "+", None), "batch_size": (int, "+", None), "grad_accum": (int, "+", None),
     "max_seq_len": (int, "+", None), "loss_chunk": (int, "+", None), "max_steps": (int, "+", None),
@@ -33,7 +33,7 @@ NUMBERS: dict[str, tuple[type, float | str, float | None]] = {
     "alpha": (float, "+", None), "lr": (float, "+", None), "epochs": (float, "+", None),
     "dropout": (float, 0, 1.0), "weight_decay": (float, 0, None), "max_grad_norm": (float, 0, None),
 }
-OPTIONAL = ("max_steps", "threads")
+OPTIONAL = ("max_steps", "threads", "alpha")
 
 
 def _check_number(name: str, value: Any, kind: type, low: float | str, high: float | None) -> None:
@@ -132,10 +132,10 @@ class TrainConfig:
         check_precision(self.precision)
         if self.schedule not in SCHEDULES:
             raise LorakitError(f"--schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
-        if self.alpha is None and isinstance(self.rank, int) and not isinstance(self.rank, bool):
-            self.alpha = 2.0 * self.rank
         for name, (kind, low, high) in NUMBERS.items():
             _check_number(name, getattr(self, name), kind, low, high)
+        if self.alpha is None:
+            self.alpha = 2.0 * self.rank
 
     @classmethod
     def resolve(cls, yaml_path: str | None, cli: dict[str, Any]) -> "TrainConfig":

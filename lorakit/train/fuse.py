@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.adapters.layers import LoraLayer
-from lorakit.families import family_for
+from lorakit.families import decoder_layers, family_for
 
 
 class FusedBase(nn.Module):
@@ -85,7 +85,7 @@ def fuse_projections(model: nn.Module) -> int:
     """Fuse every frozen group the family registry lists (q/k/v, gate/up); returns groups fused."""
     family = family_for(model)
     fused = 0
-    for layer in family.blocks(model) if family.fuse else []:
+    for layer in decoder_layers(model) if family.fuse else []:
         for parent_name, names in family.fuse:
             parent = getattr(layer, parent_name, None)
             bases = [_base_of(getattr(parent, n, None)) for n in names] if parent is not None else []

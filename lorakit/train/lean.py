@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import transformers.activations as hf_act
 from torch import nn
 
-from lorakit.families import family_for
+from lorakit.families import decoder_layers, family_for
 from lorakit.train import recompute
 
 
@@ -84,14 +84,15 @@ class LeanMLP(nn.Module):
             self.add_module(name, child)
         self.__dict__["original"] = mlp  # out of the module tree; `restore_layers` puts it back
         self.__dict__["gate"] = gate
+        self.__dict__["product"] = functools.partial(gated, gate)  # the recipe registered each forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., hidden) -> (..., hidden)."""
         g, u = self.gate_proj(x), self.up_proj(x)
         if not torch.is_grad_enabled():
-            return self.down_proj(gated(self.gate, g, u))
+            return self.down_proj(self.product(g, u))
         h = GatedProduct.apply(g, u, self.gate)
-        recompute.register(h, functools.partial(gated, self.gate), g, u)
+        recompute.register(h, self.product, g, u)
         return self.down_proj(h)
 
 
@@ -113,7 +114,7 @@ def lean_layers(model: nn.Module) -> int:
         return 0
     gate = GATES[family.lean.activation]
     hooks, changed = [], 0
-    for layer in family.blocks(model):
+    for layer in decoder_layers(model):
         if not _lean_mlp_eligible(getattr(layer, "mlp", None), gate):
             continue
         layer.mlp = LeanMLP(layer.mlp, gate)
@@ -130,7 +131,7 @@ def restore_layers(model: nn.Module) -> None:
     """Undo `lean_layers`: original MLP modules (with their current children) and no hooks."""
     for handle in model.__dict__.pop("_lean_hooks", []):
         handle.remove()
-    for layer in family_for(model).blocks(model):
+    for layer in decoder_layers(model):
         lean = getattr(layer, "mlp", None)
         if isinstance(lean, LeanMLP):
             original = lean.original

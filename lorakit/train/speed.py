@@ -15,17 +15,12 @@ import torch
 from torch import nn
 
 from lorakit.errors import LorakitError
+from lorakit.families import decoder_layers
 from lorakit.plan.speed import SpeedPlan
 from lorakit.runtime.memory import drop_file_pages, file_backed, file_mappings, own_weights
 from lorakit.train.attention import use_attention
 from lorakit.train.fuse import FusedBase, fuse_projections, unfuse_projections
 from lorakit.train.lean import lean_layers, restore_layers
-
-
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The model's repeated blocks: modules whose class transformers lists in `_no_split_modules`."""
-    names = set(getattr(model, "_no_split_modules", None) or ())
-    return [m for m in model.modules() if type(m).__name__ in names]
 
 
 def store_frozen(model: nn.Module, dtype: torch.dtype) -> int:
@@ -50,6 +45,11 @@ def store_frozen(model: nn.Module, dtype: torch.dtype) -> int:
     return stored
 
 
+def _uncompile(layers: list[nn.Module]) -> None:
+    for layer in layers:
+        layer._compiled_call_impl = None  # what `nn.Module.compile` set
+
+
 def apply_speed_plan(model: nn.Module, plan: SpeedPlan) -> Callable[[], None]:
     """Do to `model` (adapters attached, trainable parameters set) what `plan` says; returns its undo."""
     undo: list[Callable[[], None]] = []
@@ -72,7 +72,7 @@ def apply_speed_plan(model: nn.Module, plan: SpeedPlan) -> Callable[[], None]:
     for layer in layers:
         layer.compile()
     if layers:
-        undo.append(lambda: [setattr(layer, "_compiled_call_impl", None) for layer in layers])
+        undo.append(lambda: _uncompile(layers))
     if plan.own_weights:
         own_weights(model)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lorakit.cli import main
-from lorakit.data.dataset import load_jsonl_split
+from lorakit.data.schema import read_rows
 from lorakit.data.lint import lint_dataset
 from lorakit.errors import LorakitError
 
@@ -87,9 +87,9 @@ def test_prepared_dataset_lints_clean_and_ids_match_tokenizer(library, tmp_path,
     assert sum(report["length_histogram"]["counts"]) == report["total"]["samples"]
 
 
-def test_load_jsonl_split_is_strict(tmp_path):
+def test_reading_a_prepared_split_is_strict(tmp_path):
     _write(tmp_path, "train.jsonl", [{"text": "no tokens here"}])
     with pytest.raises(LorakitError, match=r"train\.jsonl line 1: missing prompt, completion, input_ids"):
-        load_jsonl_split(tmp_path / "train.jsonl")
+        read_rows(tmp_path / "train.jsonl", "prepared")
     with pytest.raises(LorakitError, match=r"valid\.jsonl: not found; run `lorakit data prepare --out .*` first"):
-        load_jsonl_split(tmp_path / "valid.jsonl")
+        read_rows(tmp_path / "valid.jsonl", "prepared")

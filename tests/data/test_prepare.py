@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lorakit.cli import main
-from lorakit.data.dataset import load_jsonl_split
+from lorakit.data.schema import read_rows
 from lorakit.data.prepare import prepare_dataset
 from lorakit.errors import LorakitError
 
@@ -32,7 +32,7 @@ def test_prepare_writes_splits_and_a_report(library, tmp_path, tokenizer):
     assert report["inputs"]["bad"][0]["line"] == 2 and report["inputs"]["bad"][0]["reason"] == "bad_json"
     removed = report["cleaning"]["removed"]
     assert removed["illustrations"] == 4 and removed["transcriber_notes"] == 4 and removed["toc_lines"] > 0
-    splits = {name: load_jsonl_split(out / f"{name}.jsonl") for name in ("train", "valid", "test")}
+    splits = {name: read_rows(out / f"{name}.jsonl", "prepared").rows for name in ("train", "valid", "test")}
     assert all(splits.values())
     books = {name: {s["meta"]["book"] for s in samples} for name, samples in splits.items()}
     assert not (books["train"] & books["test"]) and not (books["train"] & books["valid"])
@@ -109,7 +109,7 @@ def test_jsonl_text_and_chat_records_become_chat_samples(make, tmp_path, tokeniz
     src.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     out = tmp_path / "ds"
     report = prepare_dataset([src], out, tokenizer, fmt="chat", seq_len=256, val_fraction=0.25, test_fraction=0.25)
-    samples = [s for name in ("train", "valid", "test") for s in load_jsonl_split(out / f"{name}.jsonl")]
+    samples = [s for name in ("train", "valid", "test") for s in read_rows(out / f"{name}.jsonl", "prepared").rows]
     (chat,) = [s for s in samples if s["meta"]["book"] == "chats"]
     assert chat["messages"][0]["role"] == "system" and chat["meta"]["task"] == "custom"
     assert chat["text"] == tokenizer.apply_chat_template(chat["messages"], tokenize=False)

@@ -242,7 +242,8 @@ def test_compile_wraps_every_decoder_layer_in_place_and_undoes(tiny_model_dir):
     yet and this is cheap): every layer is wrapped, every parameter keeps its name, undo unwraps."""
     from lorakit.models import load_model
     from lorakit.plan.speed import resolve_speed
-    from lorakit.train.speed import apply_speed_plan, decoder_layers
+    from lorakit.families import decoder_layers
+    from lorakit.train.speed import apply_speed_plan
 
     model, _ = load_model(tiny_model_dir, with_tokenizer=False)
     names = [name for name, _ in model.named_parameters()]
