@@ -5,15 +5,60 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import math
 import os
+import signal
 import sys
 from pathlib import Path
 
 log = logging.getLogger("lorakit.infer")
 
+SHUTDOWN_TIMEOUT_S = 30   # on SIGTERM, running requests get this long to finish before they are cancelled
+KEEP_ALIVE_S = 5          # an idle keep-alive connection is closed after this long
+HEADER_LIMIT_BYTES = 16 * 1024  # h11's bound on a request line plus headers
+CONNECTION_HEADROOM = 64  # connections over max-batch + max-queue (for /health, admin): then uvicorn's 503
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def int_at_least(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high], with a one-line error naming the bound."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (ranges are checked where the value is used, before loading)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make `parser`'s usage errors one line (argparse prints the whole usage first)."""
+    def error(message: str):
+        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
 
 def _context_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-context", type=int, default=2048, help="tokens of prompt + answer per request (KV cache size)")
+    p.add_argument("--max-context", type=int_at_least(2), default=2048,
+                   help="tokens of prompt + answer per request (KV cache size; capped by the model's)")
 
 
 def _quantize_arg(p: argparse.ArgumentParser) -> None:
@@ -34,23 +79,38 @@ def _precision_arg(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `serve` and `generate` to the top-level parser."""
-    s = sub.add_parser("serve", help="OpenAI-compatible server: one base model, many hot-swappable adapters")
+    from lorakit.infer.limits import BODY_READ_TIMEOUT_S, MAX_BODY_BYTES, MAX_JSON_DEPTH
+
+    limits = (f"Limits: request bodies up to {MAX_BODY_BYTES // 2**20} MiB (larger: 413), sent within "
+              f"{BODY_READ_TIMEOUT_S:g} s (else 408); JSON nested at most {MAX_JSON_DEPTH} levels; request "
+              f"line and headers up to {HEADER_LIMIT_BYTES // 1024} KiB; prompts refused (400) when they cannot fit "
+              "--max-context, max_tokens at most --max-context (the default is capped by it); past --max-batch "
+              "running and --max-queue waiting requests new ones get 503, and past that plus "
+              f"{CONNECTION_HEADROOM} open connections uvicorn answers 503 itself; idle keep-alive connections "
+              f"close after {KEEP_ALIVE_S} s; on SIGTERM or Ctrl-C running requests get --shutdown-timeout "
+              "seconds to finish, then are cancelled. A client that disconnects cancels its request.")
+    s = _one_line_errors(sub.add_parser("serve", help="OpenAI-compatible server: one base model, many hot-swappable "
+                                        "adapters", description=limits))
     s.add_argument("--model", default=None, help="HF model directory, .gguf file or alias (default: smollm2-135m-instruct)")
     s.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH", help="adapter to load at start (repeat)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=int_at_least(1, 65535), default=8000)
     s.add_argument("--api-key", default=os.environ.get("LORAKIT_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $LORAKIT_API_KEY)")
     s.add_argument("--adapter-root", default=None, metavar="DIR",
                    help="POST /v1/adapters may load adapters only from under DIR (off when not given)")
-    s.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
-    s.add_argument("--max-queue", type=int, default=256, help="requests waiting before new ones get 503")
+    s.add_argument("--max-batch", type=int_at_least(1), default=16, help="requests decoded together")
+    s.add_argument("--max-queue", type=int_at_least(1), default=256, help="requests waiting before new ones get 503")
+    s.add_argument("--shutdown-timeout", type=int_at_least(0), default=SHUTDOWN_TIMEOUT_S, metavar="SECONDS",
+                   help="on SIGTERM or Ctrl-C, how long running requests may take to finish before they are "
+                        f"cancelled (default {SHUTDOWN_TIMEOUT_S})")
     _context_arg(s)
     _quantize_arg(s)
     _precision_arg(s)
     s.set_defaults(func=serve)
 
-    g = sub.add_parser("generate", help="stream a model's answer (or several adapters' answers) to one prompt")
+    g = _one_line_errors(sub.add_parser("generate",
+                                        help="stream a model's answer (or several adapters' answers) to one prompt"))
     g.add_argument("--model", default=None, help="HF model directory, .gguf file or alias (default: smollm2-135m-instruct)")
     g.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH",
                    help="adapter directory; give it twice (with names) to compare answers")
@@ -60,10 +120,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--chat", action="store_true", help="interactive chat on stdin (one adapter at most)")
     g.add_argument("--system", default=None, help="system message for chat-template models")
     g.add_argument("--raw", action="store_true", help="send --prompt as plain text, without the chat template")
-    g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--max-new-tokens", type=int_at_least(1), default=256)
+    g.add_argument("--temperature", type=finite_float, default=0.7, help="0 = greedy, at most 2")
+    g.add_argument("--top-p", type=finite_float, default=0.95, help="in (0, 1]")
+    g.add_argument("--seed", type=int_at_least(*SEED_RANGE), default=None)
     g.add_argument("--stop", action="append", default=[], help="stop string (repeat)")
     _context_arg(g)
     _quantize_arg(g)
@@ -110,7 +170,10 @@ def generate(args: argparse.Namespace) -> int:
     from lorakit.infer.generate import chat_loop, encode, stream_answers
     from lorakit.infer.sampling import SamplingParams
 
-    params = SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+    from lorakit.infer.openai_api import GREEDY_BELOW
+
+    temperature = 0.0 if 0 < args.temperature < GREEDY_BELOW else args.temperature  # as the server does
+    params = SamplingParams(max_tokens=args.max_new_tokens, temperature=temperature, top_p=args.top_p,
                             seed=args.seed, stop=args.stop)
     if args.chat and (len(args.adapter) > 1 or args.base):
         raise LorakitError("--chat talks to one model: give at most one --adapter and no --base")
@@ -129,6 +192,10 @@ def generate(args: argparse.Namespace) -> int:
         return 0
     finally:
         engine.close()
+
+
+def _exit_cleanly(_sig: int, _frame) -> None:
+    raise SystemExit(0)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -158,8 +225,31 @@ def serve(args: argparse.Namespace) -> int:
     kind += " in bf16" if next(model.parameters()).dtype == torch.bfloat16 else ""
     log.info("serving %s%s with adapters [%s] on http://%s:%d (playground at /)", base_name, kind,
              ", ".join(names), args.host, args.port)
+    # uvicorn drains, restores the handlers it found and re-raises the signal it caught; with the
+    # default handlers the process would die of it before `engine.close()`. These end it with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.Server(uvicorn_config(app, args.host, args.port, max_batch=args.max_batch, max_queue=args.max_queue,
+                                      shutdown_timeout=args.shutdown_timeout)).run()
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise
     finally:
-        engine.close()
+        engine.close()  # requests still running after the shutdown timeout end with an error event
     return 0
+
+
+def uvicorn_config(app, host: str, port: int, *, max_batch: int, max_queue: int,
+                   shutdown_timeout: int = SHUTDOWN_TIMEOUT_S):
+    """uvicorn's settings for `lorakit serve`: the connection limits stated in its --help.
+
+    uvicorn has no timeout for reading a request's headers; `limit_concurrency` bounds how many
+    connections a slow client can hold, and the body has its own read timeout (`limits.read_body`).
+    """
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", http="h11",
+                          h11_max_incomplete_event_size=HEADER_LIMIT_BYTES, timeout_keep_alive=KEEP_ALIVE_S,
+                          limit_concurrency=max_batch + max_queue + CONNECTION_HEADROOM,
+                          timeout_graceful_shutdown=shutdown_timeout)

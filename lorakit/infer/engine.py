@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from lorakit.adapters import adapter_rows, adapters, delete_adapter
+from lorakit.errors import LorakitError
 from lorakit.infer.kvcache import SlotCache
 from lorakit.infer.request import Event, PromptTooLongError, QueueFullError, Request, UnknownAdapterError
 from lorakit.infer.sampling import SamplingParams
@@ -62,18 +63,52 @@ def worker_threads(requested: int | None = None) -> int:
     return 1 if cores <= 2 else torch.get_num_threads()
 
 
+def check_sizes(**sizes: int) -> None:
+    """Refuse engine sizes that cannot serve: each must be an integer >= 1 (`max_context` >= 2,
+    room for one prompt token and one answer token)."""
+    for key, value in sizes.items():
+        low = 2 if key == "max_context" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise LorakitError(f"{key} must be an integer of at least {low}, got {value!r}")
+
+
+def _check_cache_fits(model, slots: int, max_len: int) -> None:
+    """Refuse a KV cache (`SlotCache`, allocated up front) larger than the free memory of a CPU model,
+    which would otherwise fail deep in torch or be killed by the OOM killer once touched."""
+    param = next(model.parameters())
+    if param.device.type != "cpu":
+        return
+    import psutil
+
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    need = 2 * cfg.num_hidden_layers * slots * kv_heads * max_len * head_dim * param.element_size()
+    free = psutil.virtual_memory().available
+    if need > free:
+        raise LorakitError(f"the KV cache for {slots} requests of {max_len} tokens needs {need / 2**30:.1f} GiB but "
+                           f"{free / 2**30:.1f} GiB is free; lower --max-batch or --max-context")
+
+
 class Engine:
     """Serves generation requests for `model` and the adapters loaded on it."""
 
     def __init__(self, model, tokenizer, *, max_batch: int = 16, max_context: int = 2048,
                  max_queue: int = 256, prefill_chunk: int = 256, threads: int | None = None) -> None:
-        """`threads`: intra-op threads of the worker thread (None: see `worker_threads`)."""
+        """`threads`: intra-op threads of the worker thread (None: see `worker_threads`).
+
+        Raises `LorakitError` for a size that cannot serve (zero or negative: requests would wait
+        forever) or a KV cache larger than the free memory.
+        """
+        check_sizes(max_batch=max_batch, max_context=max_context, max_queue=max_queue, prefill_chunk=prefill_chunk)
         self.model, self.tokenizer = model, tokenizer
         self.threads = worker_threads(threads)
         limit = getattr(model.config, "max_position_embeddings", None) or max_context
         self.max_context = min(max_context, limit)
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.eos_ids = eos_token_ids(model, tokenizer)
+        _check_cache_fits(model, max_batch, self.max_context)
         self.cache = SlotCache(model.config, max_batch, self.max_context,
                                dtype=next(model.parameters()).dtype, device=next(model.parameters()).device)
         self.rows: list[Request] = []          # decoding; rows[i] lives in cache slot i
@@ -277,7 +312,14 @@ class Engine:
             self._accept(r, row)
 
     def _accept(self, req: Request, logits: torch.Tensor) -> None:
-        reason = req.accept(req.sampler(logits), self.eos_ids, self.max_context)
+        try:
+            token = req.sampler(logits)
+        except Exception as exc:  # one request's sampling fault fails that request, not the whole batch
+            log.exception("sampling failed for request %d", req.id)
+            req.fail(f"sampling failed: {exc}")
+            self._remove(req)
+            return
+        reason = req.accept(token, self.eos_ids, self.max_context)
         self.tokens_generated += 1
         if reason is not None:
             req.finish(reason)

@@ -24,7 +24,9 @@ from lorakit.infer.combine import install_adapter, plan_combination
 from lorakit.infer.engine import Engine
 from lorakit.infer.request import EngineError, UnknownAdapterError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# no '.': torch refuses it in module names, and an adapter's name becomes one (lora_A[name])
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux: a longer path cannot name a directory
 
 
 class AdapterForbiddenError(EngineError):
@@ -46,21 +48,34 @@ class AdapterPathNotFoundError(EngineError):
 def check_name(engine: Engine, name: str, reserved: set[str]) -> None:
     """Refuse names that are malformed, reserved (the base's) or taken."""
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise EngineError(f"adapter name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-'")
+        raise EngineError(f"adapter name {name!r} is invalid: use 1-64 letters, digits, '_' or '-'")
     if name in reserved:
         raise AdapterConflictError(f"{name!r} is the base model's name; pick another adapter name")
     if name in engine.draining:  # its last request may have just ended, before the worker deleted it
         engine.call(engine.finish_draining)
-    if name in engine.public_adapters or name in engine.draining or name in engine.pending:
+    if name in engine.draining:
+        raise AdapterConflictError(f"adapter {name!r} is being unloaded and its last requests are still running; "
+                                   "retry in a moment, or pick another name")
+    if name in engine.public_adapters or name in engine.pending:
         raise AdapterConflictError(f"an adapter named {name!r} is already loaded; unload it first or pick another name")
 
 
 def resolve_under(root: str | os.PathLike | None, path: str) -> Path:
     """`path` (relative to `root`, or absolute) resolved; it must lie inside `root` when one is set."""
+    if "\x00" in path or len(path) > MAX_PATH_CHARS:
+        raise EngineError(f"adapter path {path[:80]!r} is not a usable path (a NUL character, or too long)")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        raise EngineError(f"adapter path {path[:80]!r} cannot be a file name here: send valid text") from None
     if root is None:
         return Path(path).expanduser().resolve()
     base = Path(root).expanduser().resolve()
-    target = (base / path).resolve()  # resolve() follows symlinks, so a link out of the root is caught too
+    try:
+        target = (base / path).resolve()  # resolve() follows symlinks, so a link out of the root is caught too
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a component too long
+        raise AdapterPathNotFoundError(f"adapter path {path[:80]!r} cannot be resolved under the adapter root: "
+                                       f"{exc}") from None
     if target != base and base not in target.parents:
         raise AdapterForbiddenError(f"adapter path {path!r} is outside the adapter root {base}; "
                                     "copy the adapter under it or restart with another --adapter-root")
@@ -76,7 +91,11 @@ def load(engine: Engine, name: str, path: str | os.PathLike, *, root: str | os.P
     """
     check_name(engine, name, set(reserved))
     target = resolve_under(root, str(path))
-    if not target.is_dir():
+    try:
+        is_dir = target.is_dir()
+    except OSError:  # e.g. a name component longer than the file system allows
+        is_dir = False
+    if not is_dir:
         raise AdapterPathNotFoundError(f"adapter directory {str(path)!r} not found under the adapter root")
     try:  # read, check and build the tensors here: the engine keeps decoding meanwhile
         prepared = prepare_adapter(engine.model, target, name)

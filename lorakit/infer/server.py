@@ -2,29 +2,36 @@
 
 Bodies are parsed by hand rather than by FastAPI's models so that malformed JSON and bad
 fields answer 400 with OpenAI's error envelope (FastAPI would answer 422). Anything that
-waits on the model runs in a thread (or the engine's worker), never on the event loop.
+waits on the model, and anything whose cost grows with the input (decoding JSON, tokenizing),
+runs in a thread (or the engine's worker), never on the event loop. Every answer that is not
+2xx carries the envelope: refusals (4xx, see `lorakit.infer.limits` for the limits), unknown
+routes, and unexpected faults (500, the traceback logged here, never sent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import time
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lorakit.adapters import adapters
 from lorakit.errors import LorakitError
-from lorakit.infer import hotswap, openai_api
+from lorakit.infer import hotswap, limits, openai_api
 from lorakit.infer.engine import Engine
-from lorakit.infer.prompts import encode_chat, encode_prompt, normalize_messages
+from lorakit.infer.prompts import encode_checked
 from lorakit.infer.request import EngineError, Event, UnknownAdapterError
 
 PLAYGROUND = Path(__file__).with_name("playground.html")
+log = logging.getLogger("lorakit.infer")
 
 
 class AuthError(EngineError):
@@ -35,22 +42,71 @@ def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse(openai_api.error_body(message, status), status_code=status)
 
 
-async def _json(request: Request):
-    try:
-        return json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LorakitError(f"the request body is not valid JSON ({exc})") from None
+async def _json(request: Request, max_body: int = limits.MAX_BODY_BYTES):
+    """The request's decoded JSON body, read within the size and time limits, decoded off the loop."""
+    return await run_in_threadpool(limits.decode_json, await limits.read_body(request, max_body))
+
+
+class _FaultsAsJSON:
+    """ASGI middleware: an unexpected exception answers 500 in OpenAI's envelope and is logged
+    with its traceback here (Starlette's default answers plain text)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watch(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            log.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
+            if started:  # a stream already under way: nothing to answer with, end the connection
+                raise
+            await _error("internal server error; the server log has the details", 500)(scope, receive, send)
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Return when the client closes the connection (the body has been read by then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
-               adapter_root: str | Path | None = None) -> FastAPI:
-    """The FastAPI app serving `engine`; `base_name` is the `model` value that selects the base."""
-    app = FastAPI(title="lorakit", docs_url=None, redoc_url=None, openapi_url=None)
+               adapter_root: str | Path | None = None, max_body: int = limits.MAX_BODY_BYTES) -> FastAPI:
+    """The FastAPI app serving `engine`; `base_name` is the `model` value that selects the base.
+
+    `max_body`: the largest request body taken, in bytes (larger ones get 413).
+    """
+    # redirect_slashes off: "/v1/completions/" answers 404 in the envelope, not a 307 to follow
+    app = FastAPI(title="lorakit", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
+    app.add_middleware(_FaultsAsJSON)
     reserved = {base_name}
+    per_token = limits.max_token_chars(engine.tokenizer)
 
     @app.exception_handler(LorakitError)
     async def _user_error(_request: Request, exc: LorakitError):
         return _error(str(exc), getattr(exc, "status", 400))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException):
+        response = _error(str(exc.detail), exc.status_code)
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError):
+        return _error(f"invalid request: {exc.errors()[:1]}", 400)
+
+    async def body_of(request: Request, fields: dict[str, str]) -> dict:
+        return openai_api.check_fields(await _json(request, max_body), fields)
 
     async def check_key(request: Request) -> None:
         if api_key:
@@ -85,12 +141,10 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
         return {"object": "list", "data": data}
 
     async def generate(request: Request, chat: bool):
-        parsed = openai_api.parse(await _json(request), chat, engine.max_context)
+        parsed = openai_api.parse(await _json(request, max_body), chat, engine.max_context)
         adapter = adapter_for(parsed.model)
-        if chat:
-            ids = encode_chat(engine.tokenizer, normalize_messages(parsed.messages))
-        else:
-            ids = encode_prompt(engine.tokenizer, parsed.prompt)
+        ids = await run_in_threadpool(encode_checked, engine.tokenizer, engine.max_context, per_token,
+                                      prompt=parsed.prompt, messages=parsed.messages)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         req = engine.submit(ids, adapter, parsed.params, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
@@ -98,11 +152,21 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
         if parsed.stream:
             return StreamingResponse(_sse(engine, req, events, rid, parsed, chat), media_type="text/event-stream")
         text = []
+        # a client that leaves must not keep its batch slot until max_tokens: watch for it
+        gone = asyncio.ensure_future(_until_disconnect(request))
         try:
-            while (event := await events.get()).kind == "token":
+            while True:
+                nxt = asyncio.ensure_future(events.get())
+                await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():
+                    nxt.cancel()
+                    return _error("the client closed the connection", 499)
+                if (event := nxt.result()).kind != "token":
+                    break
                 text.append(event.text)
         finally:
-            if not req.finished:  # the client went away while waiting
+            gone.cancel()
+            if not req.finished:  # the client went away (or this task was cancelled) while waiting
                 engine.cancel(req)
         if event.kind == "error":
             return _error(event.error or "generation failed", 500)
@@ -128,8 +192,8 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
 
     @v1.post("/adapters", status_code=201)
     async def load_adapter(request: Request):
-        body = await _json(request)
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not isinstance(body.get("path"), str):
+        body = await body_of(request, openai_api.ADAPTER_FIELDS)
+        if not isinstance(body.get("name"), str) or not isinstance(body.get("path"), str):
             raise LorakitError("send {\"name\": NAME, \"path\": DIR} (DIR relative to the adapter root)")
         if adapter_root is None:
             raise hotswap.AdapterForbiddenError("loading adapters over HTTP is off; restart with --adapter-root DIR")
@@ -146,19 +210,17 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
 
     @v1.post("/adapters/combine", status_code=201)
     async def combine(request: Request):
-        body = await _json(request)
-        weights = body.get("adapters") if isinstance(body, dict) else None
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not isinstance(weights, dict):
+        body = await body_of(request, openai_api.COMBINE_FIELDS)
+        weights, method = body.get("adapters"), body.get("method") or "linear"
+        if not isinstance(body.get("name"), str) or not isinstance(weights, dict):
             raise LorakitError("send {\"name\": NEW, \"adapters\": {NAME: WEIGHT, ...}, \"method\": \"linear\"|\"ties\"}")
-        density = body.get("density", 0.5)
-        if isinstance(density, bool) or not isinstance(density, (int, float)):
-            raise LorakitError("'density' must be a number in (0, 1]")
-        rank = body.get("rank")
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)):
-            raise LorakitError("'rank' must be an integer")
-        await run_in_threadpool(hotswap.combine, engine, body["name"], weights, method=body.get("method", "linear"),
-                                density=float(density), rank=rank, reserved=reserved)
-        return JSONResponse({"name": body["name"], "method": body.get("method", "linear")}, status_code=201)
+        density = body.get("density")
+        if density is not None and not 0 < density <= 1:
+            raise LorakitError(f"'density' must be a number in (0, 1], got {density!r}")
+        await run_in_threadpool(hotswap.combine, engine, body["name"], weights, method=method,
+                                density=0.5 if density is None else float(density), rank=body.get("rank"),
+                                reserved=reserved)
+        return JSONResponse({"name": body["name"], "method": method}, status_code=201)
 
     app.include_router(v1)
     return app
