@@ -88,17 +88,17 @@ def run_demo(corpus: str | None, out: str | os.PathLike, *, minutes: float = 12.
     base = dict(model=model, data=str(data), rank=rank, batch_size=batch_size, max_seq_len=seq_len,
                 packing=True, mask_prompt=True, lr=3e-4, warmup=10, eval_batches=10, seed=0)
     probe = out / "probe"
-    run_training(TrainConfig(**base, out=str(probe), max_steps=6, progress=False, save_every=0))
+    run_training(TrainConfig(**base, out=str(probe), max_steps=6, progress=False, save_every=0), replace=True)
     times = [r["step_time"] for r in read_metrics(probe / "metrics.jsonl") if "step_time" in r]
     steps = steps_for_budget(times, minutes)
     adapter = out / "adapter"
     print(f"[3/5] training {steps} steps (~{minutes:g} min at {minutes * 60 / steps:.1f} s per step)")
     run_training(TrainConfig(**base, out=str(adapter), max_steps=steps, eval_every=max(1, steps // 5),
-                             save_every=max(1, steps // 5)))
+                             save_every=max(1, steps // 5)), replace=True)
     report_dir = out / "report"
     print("[4/5] evaluating base vs adapter")
     report = run_eval(model, {"demo": adapter}, data, report_dir, max_eval_tokens=eval_tokens)
-    merged = merge_to_dir(model, adapter, out / "merged", "float32")
+    merged = merge_to_dir(model, adapter, out / "merged", "float32", force=True)
     print(f"[5/5] merged model: {merged}")
     summary = {"corpus": str(source), "dataset": str(data), "adapter": str(adapter), "steps": steps,
                "report": str(report_dir / "report.html"), "merged": str(merged),

@@ -27,8 +27,11 @@ import torch
 from lorakit.adapters import load_adapter, merge_and_unload, read_adapter_config
 from lorakit.atomic import atomic_dir
 from lorakit.errors import LorakitError
+from lorakit.outputs import check_output, check_replace, model_path
 from lorakit.quant.model import dequantize_model
 
+# written into every merged model: `--force` replaces a directory only when it holds this file
+MARKER = "lorakit_merge.json"
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -51,14 +54,17 @@ def recorded_base(adapter_dir: str | os.PathLike) -> str | None:
     return str(base) if base else None
 
 
-def check_out_dir(out: Path, adapter_dir: Path, force: bool) -> None:
-    """Refuse to overwrite unless `force`, and never replace the adapter being merged."""
-    if out.exists() and not out.is_dir():
-        raise LorakitError(f"--out {out}: is a file; choose a directory path")
-    if out.resolve() == adapter_dir.resolve() or adapter_dir.resolve().is_relative_to(out.resolve()):
-        raise LorakitError(f"--out {out}: would replace the adapter being merged; choose another directory")
-    if out.exists() and not force:
-        raise LorakitError(f"--out {out}: already exists; pass --force to replace it, or choose another directory")
+def _not_merged(folder: Path) -> list[str]:
+    """Everything in `folder` unless lorakit merged a model there (its marker file is present)."""
+    return [] if (folder / MARKER).is_file() else sorted(p.name for p in folder.iterdir())
+
+
+def check_out_dir(out: Path, adapter_dir: Path, force: bool, base: str | os.PathLike | None = None) -> None:
+    """Never write into or around the adapter, the base model or a model cache; replace an existing
+    `out` only with `force` and only when it is a model lorakit merged."""
+    check_output(out, [("the adapter being merged (--adapter)", adapter_dir),
+                       ("the base model (--model)", model_path(base))])
+    check_replace(out, force, "--force", _not_merged)
 
 
 def merge_to_dense(model: torch.nn.Module, dtype: torch.dtype = torch.float32,
@@ -81,13 +87,15 @@ def save_merged(model: torch.nn.Module, out_dir: str | os.PathLike, dtype: torch
 
 
 def save_model_dir(model, tokenizer, out: Path, extra: dict | None = None) -> Path:
-    """save_pretrained into a temp dir next to `out`, then swap it in (replacing any old `out`)."""
+    """save_pretrained into a temp dir next to `out`, then swap it in (replacing any old `out`).
+
+    The marker file (`extra`, or {}) says lorakit wrote it, so a later `merge --force` may replace it.
+    """
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if extra is not None:
-            (tmp / "lorakit_merge.json").write_text(json.dumps(extra, indent=1) + "\n")
+        (tmp / MARKER).write_text(json.dumps(extra or {}, indent=1) + "\n")
     return out
 
 
@@ -106,8 +114,8 @@ def merge_to_dir(model_spec: str | os.PathLike | None, adapter_dir: str | os.Pat
     method = parse_quantize(quantize)
     adapter_dir, out = Path(adapter_dir), Path(out_dir)
     config = read_adapter_config(adapter_dir)  # a one-line error naming the file, before loading a model
-    check_out_dir(out, adapter_dir, force)
     spec = model_spec or recorded_base(adapter_dir)
+    check_out_dir(out, adapter_dir, force, spec)
     model, tokenizer = load_base_model(spec, method)
     load_adapter(model, adapter_dir, "default")
     if method is None:

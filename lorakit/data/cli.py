@@ -4,9 +4,56 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
 
 from lorakit.data.download import MIRROR_ENV
 from lorakit.data.samples import FORMATS
+
+
+# argparse `type=` checks, so a bad number stops at parse time, before any model or tokenizer
+# loads; `lorakit eval` and `compare` use them too (and `train` one_line_errors). The wording follows TrainConfig's.
+def _number(kind: type, text: str) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        need = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _checked(kind: type, ok: Callable[[float], bool], need: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = _number(kind, text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text}")
+        return value
+
+    parse.__name__ = need  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _checked(int, lambda v: v > 0, "a positive integer")
+nonneg_int = _checked(int, lambda v: v >= 0, "an integer of at least 0")
+positive_float = _checked(float, lambda v: v > 0, "a positive number")
+nonneg_float = _checked(float, lambda v: v >= 0, "a number of at least 0")
+fraction = _checked(float, lambda v: 0 <= v < 1, "a fraction of at least 0 and below 1")
+open_fraction = _checked(float, lambda v: 0 < v < 1, "a fraction above 0 and below 1")
+prose_seq_len = _checked(int, lambda v: v >= 64, "an integer of at least 64 for prose passages (512 is typical)")
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make `parser` report a bad or missing option in one line (argparse prints its usage first)."""
+
+    def error(message: str) -> NoReturn:
+        parser.exit(2, f"{parser.prog}: error: {message}; see `{parser.prog} --help`\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
 
 
 def _load_tokenizer(model: str | None):
@@ -18,9 +65,12 @@ def _load_tokenizer(model: str | None):
 # The heavy modules (datasketch, torch via the tokenizer) load only when a command runs, so
 # `lorakit --help` and other sub-commands stay fast.
 def _prepare(args: argparse.Namespace) -> int:
-    from lorakit.data.prepare import prepare_dataset
+    from lorakit.data.prepare import check_options, check_out, prepare_dataset
     from lorakit.data.summary import format_prepare_summary
 
+    # options that depend on each other, and where --out is, are checked before the tokenizer loads
+    check_options(args.format, args.seq_len, args.min_tokens, args.val_fraction, args.test_fraction)
+    check_out(Path(args.out).expanduser(), args.input, args.overwrite)
     tokenizer = _load_tokenizer(args.model)
     report = prepare_dataset(
         args.input, args.out, tokenizer, fmt=args.format, seq_len=args.seq_len, val_fraction=args.val_fraction,
@@ -79,23 +129,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep = data_sub.add_parser("prepare", help="books or JSONL -> clean, deduplicated train/valid/test JSONL",
                                description="Clean, filter, deduplicate, chunk and split text into a dataset; "
                                            "writes DIR/{train,valid,test}.jsonl and DIR/report.json.")
+    one_line_errors(prep)
     prep.add_argument("--input", nargs="+", required=True, metavar="PATH",
                       help=".txt / .jsonl files (optionally .gz) or folders of them")
-    prep.add_argument("--out", required=True, metavar="DIR", help="output folder (written atomically)")
+    prep.add_argument("--out", required=True, metavar="DIR",
+                      help="output folder (written atomically); may sit inside an input folder, "
+                           "never be or hold an input")
     prep.add_argument("--model", default=None,
                       help="model whose tokenizer measures lengths (default: smollm2-135m-instruct)")
     prep.add_argument("--format", default="text", choices=FORMATS,
                       help="text: plain continuation; instruct: prompt + completion; chat: chat template")
-    prep.add_argument("--seq-len", type=int, default=512, help="maximum tokens per sample (default 512)")
-    prep.add_argument("--val-fraction", type=float, default=0.05, help="share of tokens for valid (default 0.05)")
-    prep.add_argument("--test-fraction", type=float, default=0.05, help="share of tokens for test (default 0.05)")
+    prep.add_argument("--seq-len", type=prose_seq_len, default=512, help="maximum tokens per sample (default 512)")
+    prep.add_argument("--val-fraction", type=fraction, default=0.05, help="share of tokens for valid (default 0.05)")
+    prep.add_argument("--test-fraction", type=fraction, default=0.05, help="share of tokens for test (default 0.05)")
     prep.add_argument("--split-by", default="book", choices=("book", "sample"),
                       help="book: whole books per split, no passage of a test book in train (default)")
     prep.add_argument("--seed", type=int, default=0, help="seed for splits and prompt choice")
-    prep.add_argument("--min-tokens", type=int, default=32, help="drop passages shorter than this (default 32)")
+    prep.add_argument("--min-tokens", type=nonneg_int, default=32, help="drop passages shorter than this (default 32)")
     prep.add_argument("--skip-bad", action="store_true",
                       help="skip unreadable files and bad JSONL lines (counted in the report) instead of stopping")
-    prep.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
+    prep.add_argument("--overwrite", action="store_true",
+                      help="replace an existing dataset in --out (refused if the folder holds other files)")
     prep.add_argument("--keep-front-matter", action="store_true",
                       help="keep prefaces and introductions of Gutenberg books (dropped by default)")
     prep.set_defaults(func=_prepare)
@@ -103,6 +157,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lint = data_sub.add_parser("lint", help="re-check a dataset folder (or one JSONL file)",
                                description="Counts, lengths, duplicates, formatting, balance, templates and "
                                            "leakage; exits 1 when the dataset cannot be trained on.")
+    one_line_errors(lint)
     lint.add_argument("path", metavar="DIR", help="dataset folder (train/valid/test.jsonl) or a .jsonl file")
     lint.add_argument("--model", default=None, help="check input_ids against this model's tokenizer")
     lint.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -112,22 +167,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                               description="Generate the base model's greedy answers to everyday requests and add "
                                           "them to DIR/train.jsonl as a small share of its tokens, so a style "
                                           "adapter keeps the base's general behaviour (lower drift).")
+    one_line_errors(rep)
     rep.add_argument("--data", required=True, metavar="DIR", help="dataset folder from `lorakit data prepare`")
     rep.add_argument("--model", default=None, help="the base model the adapter will train on (default smollm2)")
-    rep.add_argument("--share", type=float, default=0.1, help="share of train tokens for replay (default 0.1)")
+    rep.add_argument("--share", type=open_fraction, default=0.1, help="share of train tokens for replay (default 0.1)")
     rep.add_argument("--prompts", default=None, metavar="FILE",
                      help="one request per line (default: 64 packaged everyday requests)")
-    rep.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap (default 64)")
+    rep.add_argument("--max-new-tokens", type=positive_int, default=64, help="answer length cap (default 64)")
     rep.set_defaults(func=_replay)
 
     gut = data_sub.add_parser("gutenberg", help="download Project Gutenberg ebooks by id (cached)",
                               description=f"Download plain-text ebooks into DIR; the mirror comes from --mirror, "
                                           f"${MIRROR_ENV}, or www.gutenberg.org.")
-    gut.add_argument("--id", nargs="+", type=int, required=True, metavar="N", help="ebook ids, e.g. 2600 1399")
+    one_line_errors(gut)
+    gut.add_argument("--id", nargs="+", type=positive_int, required=True, metavar="N", help="ebook ids, e.g. 2600 1399")
     gut.add_argument("--out", required=True, metavar="DIR", help="folder for pg<id>.txt files")
     gut.add_argument("--mirror", default=None, help=f"mirror base URL (default ${MIRROR_ENV} or gutenberg.org)")
-    gut.add_argument("--retries", type=int, default=3, help="retries on server errors and timeouts (default 3)")
-    gut.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubling (default 1)")
-    gut.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    gut.add_argument("--retries", type=nonneg_int, default=3, help="retries on server errors and timeouts (default 3)")
+    gut.add_argument("--backoff", type=nonneg_float, default=1.0, help="first retry delay in seconds, doubling (default 1)")
+    gut.add_argument("--timeout", type=positive_float, default=30.0, help="seconds per request (default 30)")
     gut.add_argument("--no-cache", action="store_true", help="download again even if cached")
     gut.set_defaults(func=_gutenberg)

@@ -11,43 +11,59 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from lorakit.atomic import atomic_dir
 from lorakit.data.chunking import chunk_documents
 from lorakit.data.dedup import dedup_documents, dedup_paragraphs, near_duplicate_pairs
 from lorakit.data.documents import Pair, load_inputs
 from lorakit.data.filters import filter_documents, paragraph_reason
 from lorakit.data.lint import lint_samples
 from lorakit.data.samples import FORMATS, build_samples, plan_drafts, prompt_overhead
-from lorakit.data.schema import write_rows
+from lorakit.data.schema import SPLIT_FILES, write_rows
 from lorakit.data.splits import SPLITS, find_leakage, remove_leakage, sample_content, split_samples, sample_tokens
 from lorakit.data.textutil import dedup_key
 from lorakit.errors import LorakitError
+from lorakit.outputs import check_output, check_replace, foreign_files
 
 log = logging.getLogger("lorakit.data")
 REPORT_VERSION = 1
+# every file lorakit writes into a dataset folder (replay.json: `lorakit data replay`); --overwrite
+# replaces a folder only when it holds nothing else
+DATASET_FILES = (*SPLIT_FILES.values(), "report.json", "replay.json")
 
 
-def _check_options(fmt: str, seq_len: int, min_tokens: int) -> None:
+def check_options(fmt: str, seq_len: int, min_tokens: int, val_fraction: float, test_fraction: float) -> None:
+    """Refuse, in one line, options that cannot make a dataset (each alone, and together)."""
     if fmt not in FORMATS:
         raise LorakitError(f"unknown --format '{fmt}'; use one of: {', '.join(FORMATS)}")
     if seq_len < 64:
         raise LorakitError(f"--seq-len {seq_len} is too small for prose passages; use 64 or more (512 is typical)")
     if not 0 <= min_tokens < seq_len // 2:
         raise LorakitError(f"--min-tokens must be between 0 and half of --seq-len (got {min_tokens})")
+    for name, frac in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0 <= frac < 1:  # NaN fails this too
+            raise LorakitError(f"{name} must be at least 0 and below 1 (got {frac})")
+    if val_fraction + test_fraction >= 1:
+        raise LorakitError("--val-fraction plus --test-fraction must leave something to train on (sum < 1)")
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise LorakitError(f"{out_dir}: exists and is not a folder; choose another --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise LorakitError(f"{out_dir}: folder exists and is not empty; pass --overwrite to replace it")
+    """An existing --out is replaced only with --overwrite and only when it holds a dataset alone."""
+    check_replace(out_dir, overwrite, "--overwrite", lambda folder: foreign_files(folder, DATASET_FILES))
+
+
+def check_out(out_dir: Path, inputs: Sequence[str | os.PathLike], overwrite: bool) -> None:
+    """Refuse an --out that is or contains an input, or is in a model cache, or holds other files.
+
+    --out inside an input *folder* is allowed: the reader skips it (`load_inputs(exclude=)`).
+    """
+    check_output(out_dir, [("the --input", p) for p in inputs], nested_ok=True)
+    _check_out_dir(out_dir, overwrite)
 
 
 def _filter_pairs(pairs: Sequence[Pair], filtered: Counter) -> tuple[list[Pair], dict]:
@@ -78,27 +94,12 @@ def _dedup_samples(samples: list[dict]) -> tuple[list[dict], int]:
 
 
 def write_dataset(out_dir: Path, splits: dict[str, list[dict]], report: dict, overwrite: bool = False) -> None:
-    """Write the split files and report.json into a temp folder, then rename it to `out_dir`."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    old: Path | None = None
-    try:
+    """Write the split files and report.json into a temp folder, then swap it in as `out_dir`."""
+    with atomic_dir(out_dir) as tmp:
         for name in SPLITS:
             write_rows(tmp / f"{name}.jsonl", splits[name])
         (tmp / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            _check_out_dir(out_dir, overwrite)
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "data")
-        os.replace(tmp, out_dir)
-    except BaseException:
-        if old is not None and not out_dir.exists():
-            os.replace(old / "data", out_dir)  # put the previous dataset back
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _check_out_dir(out_dir, overwrite)  # again: something may have been put there while we worked
 
 
 def prepare_dataset(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, tokenizer: Any, *,
@@ -107,12 +108,13 @@ def prepare_dataset(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathL
                     overwrite: bool = False, keep_front_matter: bool = False, model: str | None = None) -> dict:
     """Build a dataset in `out_dir` from `inputs` (files or folders) and return its report.
 
-    Raises LorakitError (nothing written) for bad input without `skip_bad`, an existing
-    non-empty `out_dir` without `overwrite`, or when no sample survives.
+    Raises LorakitError (nothing written) for bad input without `skip_bad`, an `out_dir` that
+    overlaps an input or a model cache, an existing non-empty `out_dir` without `overwrite` (or,
+    with it, holding files that are not a dataset's), or when no sample survives.
     """
-    _check_options(fmt, seq_len, min_tokens)
+    check_options(fmt, seq_len, min_tokens, val_fraction, test_fraction)
     out = Path(out_dir).expanduser()
-    _check_out_dir(out, overwrite)
+    check_out(out, inputs, overwrite)
     timing: dict[str, float] = {}
     t0 = tick = time.perf_counter()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lorakit.data.cli import nonneg_float, one_line_errors, positive_float, positive_int
 from lorakit.errors import LorakitError
 from lorakit.runtime.precision import PRECISIONS
 
@@ -28,54 +29,59 @@ def parse_adapters(specs: list[str]) -> dict[str, str]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `eval`, `compare` and `merge` to the top-level parser."""
-    e = sub.add_parser("eval", help="perplexity, style, drift and samples: base vs adapters -> report.html",
-                       description="Evaluate the base model and each adapter on a prepared dataset; writes "
-                                   "OUT/report.json and a self-contained OUT/report.html.")
+    e = one_line_errors(sub.add_parser(
+        "eval", help="perplexity, style, drift and samples: base vs adapters -> report.html",
+        description="Evaluate the base model and each adapter on a prepared dataset; writes "
+                    "OUT/report.json and a self-contained OUT/report.html."))
     e.add_argument("--model", default=None, help=MODEL_HELP)
     e.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH", help="adapter directory (repeat)")
     e.add_argument("--data", required=True, metavar="DIR", help="dataset from `lorakit data prepare` (uses test.jsonl)")
     e.add_argument("--out", default="eval-report", metavar="DIR", help="report directory (default: eval-report)")
-    e.add_argument("--max-eval-tokens", type=int, default=2500, help="scored test tokens per book (default 2500)")
-    e.add_argument("--style-prompts", type=int, default=6, help="held-out prompts generated for style and samples")
-    e.add_argument("--max-new-tokens", type=int, default=128, help="tokens per generation (default 128)")
-    e.add_argument("--drift-tokens", type=int, default=48, help="tokens of each base answer scored for drift")
-    e.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of generations (0: greedy)")
+    e.add_argument("--max-eval-tokens", type=positive_int, default=2500, help="scored test tokens per book (default 2500)")
+    e.add_argument("--style-prompts", type=positive_int, default=6, help="held-out prompts generated for style and samples")
+    e.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens per generation (default 128)")
+    e.add_argument("--drift-tokens", type=positive_int, default=48, help="tokens of each base answer scored for drift")
+    e.add_argument("--temperature", type=nonneg_float, default=0.7, help="sampling temperature of generations (0: greedy)")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    e.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: physical cores)")
     e.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: the base in bf16 (adapters and the loss's softmax stay fp32) where the CPU runs bf16 "
                         "natively, faster there (bench/RESULTS_eval.md); perplexities move by bf16 rounding. "
                         "auto measures. Default fp32")
     e.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("compare", help="full vs head vs LoRA r=4/8/16 vs DoRA r=8 on the same data and tokens",
-                       description="Train each method for the same steps (fitted to --budget-minutes, or --steps) "
-                                   "and tabulate trainable params, held-out perplexity, wall time, peak memory, size.")
+    c = one_line_errors(sub.add_parser(
+        "compare", help="full vs head vs LoRA r=4/8/16 vs DoRA r=8 on the same data and tokens",
+        description="Train each method for the same steps (fitted to --budget-minutes, or --steps) "
+                    "and tabulate trainable params, held-out perplexity, wall time, peak memory, size."))
     c.add_argument("--model", default=None, help=MODEL_HELP)
     c.add_argument("--data", required=True, metavar="DIR", help="dataset from `lorakit data prepare`")
     c.add_argument("--out", default="compare-report", metavar="DIR", help="output directory (default: compare-report)")
-    c.add_argument("--budget-minutes", type=float, default=10.0, help="wall-time budget for everything (default 10)")
-    c.add_argument("--steps", type=int, default=None, help="fixed steps per method (overrides --budget-minutes)")
+    c.add_argument("--budget-minutes", type=positive_float, default=10.0, help="wall-time budget for everything (default 10)")
+    c.add_argument("--steps", type=positive_int, default=None, help="fixed steps per method (overrides --budget-minutes)")
     c.add_argument("--methods", default=None, metavar="A,B,...",
                    help="subset of: full, head, lora-r4, lora-r8, lora-r16, dora-r8 (default: all)")
-    c.add_argument("--batch-size", type=int, default=4)
-    c.add_argument("--max-seq-len", type=int, default=256)
-    c.add_argument("--max-eval-tokens", type=int, default=1000, help="scored test tokens per book (default 1000)")
+    c.add_argument("--batch-size", type=positive_int, default=4)
+    c.add_argument("--max-seq-len", type=positive_int, default=256)
+    c.add_argument("--max-eval-tokens", type=positive_int, default=1000, help="scored test tokens per book (default 1000)")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    c.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: physical cores)")
     c.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="what every method trains in, as train's --precision (held-out perplexity stays fp32)")
     c.set_defaults(func=cmd_compare)
 
-    m = sub.add_parser("merge", help="fold an adapter into its base: a plain transformers model directory",
-                       description="Writes safetensors + config + tokenizer that AutoModelForCausalLM loads "
-                                   "without lorakit; the merge is computed in fp32, then cast to --dtype.")
+    m = one_line_errors(sub.add_parser(
+        "merge", help="fold an adapter into its base: a plain transformers model directory",
+        description="Writes safetensors + config + tokenizer that AutoModelForCausalLM loads without lorakit; the "
+                    "merge is computed in fp32, then cast to --dtype. --out is never the base, the adapter or a "
+                    "model cache."))
     m.add_argument("--model", default=None, help="base model (default: the adapter's recorded base, else "
                                                  "smollm2-135m-instruct)")
     m.add_argument("--adapter", required=True, metavar="DIR", help="adapter directory (LoRA, rsLoRA, DoRA, QLoRA)")
-    m.add_argument("--out", required=True, metavar="DIR", help="output model directory (written atomically)")
+    m.add_argument("--out", required=True, metavar="DIR",
+                   help="output model directory (written atomically); never the base model, the adapter or a model cache")
     m.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    m.add_argument("--force", action="store_true", help="replace --out if it exists")
+    m.add_argument("--force", action="store_true", help="replace --out if it is a model lorakit merged earlier")
     m.add_argument("--quantize", default="none", metavar="{none,nf4,int8}",
                    help="how the base was quantized when the adapter was trained (QLoRA: nf4): the base is loaded "
                         "that way and the merge is dequantize(W) + s*B*A in fp32, never re-quantized, then cast to "
@@ -83,18 +89,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(func=cmd_merge)
 
 
-def _positive(name: str, value: int | None) -> None:
-    if value is not None and value <= 0:
-        raise LorakitError(f"--{name} must be positive, got {value}")
+def _check_out(out: str, data: str, model: str | None, adapters: dict[str, str] | None = None) -> None:
+    """The report folder must not overlap what the command reads, nor a model cache."""
+    from lorakit.outputs import check_output, model_path
+
+    reads = [("the dataset (--data)", data), ("the base model (--model)", model_path(model))]
+    reads += [(f"the adapter {name!r} (--adapter)", path) for name, path in (adapters or {}).items()]
+    check_output(out, reads)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Handler of `lorakit eval`."""
     from lorakit.eval.run import run_eval
 
-    for name in ("max_eval_tokens", "style_prompts", "max_new_tokens", "drift_tokens"):
-        _positive(name.replace("_", "-"), getattr(args, name))
-    result = run_eval(args.model, parse_adapters(args.adapter), args.data, args.out,
+    adapters = parse_adapters(args.adapter)
+    _check_out(args.out, args.data, args.model, adapters)
+    result = run_eval(args.model, adapters, args.data, args.out,
                       max_eval_tokens=args.max_eval_tokens, n_style_prompts=args.style_prompts,
                       max_new_tokens=args.max_new_tokens, drift_tokens=args.drift_tokens,
                       temperature=args.temperature, seed=args.seed, threads=args.threads, precision=args.precision)
@@ -126,8 +136,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if unknown or not names:
             raise LorakitError(f"--methods {args.methods!r}: choose from {', '.join(known)}")
         methods = tuple(known[n] for n in names)
-    for name in ("steps", "batch_size", "max_seq_len", "max_eval_tokens"):
-        _positive(name.replace("_", "-"), getattr(args, name))
+    _check_out(args.out, args.data, args.model)
     result = run_compare(args.model, args.data, args.out, budget_minutes=args.budget_minutes, steps=args.steps,
                          batch_size=args.batch_size, max_seq_len=args.max_seq_len,
                          max_eval_tokens=args.max_eval_tokens, seed=args.seed, threads=args.threads,

@@ -78,7 +78,7 @@ def seconds_per_step(m: Method, settings: dict, work: Path) -> tuple[float, floa
 
     out = work / f"calibrate-{m.name}"
     started = time.perf_counter()
-    run_training(TrainConfig(**{**settings, "out": str(out), "max_steps": 2, "warmup": 0}))
+    run_training(TrainConfig(**{**settings, "out": str(out), "max_steps": 2, "warmup": 0}), replace=True)
     wall = time.perf_counter() - started
     times = [r["step_time"] for r in read_metrics(out / "metrics.jsonl") if "step_time" in r]
     shutil.rmtree(out, ignore_errors=True)

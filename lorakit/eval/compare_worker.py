@@ -50,7 +50,7 @@ def run(spec: dict) -> dict:
 
     cfg = TrainConfig(**spec["train"])
     started = time.perf_counter()
-    summary = run_training(cfg)
+    summary = run_training(cfg, replace=True)  # the comparison owns its folders
     train_seconds = time.perf_counter() - started
     peak = peak_rss_mb()  # before evaluation, which loads a second copy of the weights
     out = Path(cfg.out)

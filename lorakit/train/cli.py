@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lorakit.data.cli import one_line_errors
 from lorakit.train.config import TrainConfig
 
 SHORT = {"model": ["-m"], "rank": ["-r"]}
@@ -11,8 +12,10 @@ SHORT = {"model": ["-m"], "rank": ["-r"]}
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `lorakit train` to the top-level parser."""
-    p = sub.add_parser("train", help="train a LoRA/DoRA adapter (or full / head-only baselines)",
-                       description="CLI flags > YAML (-c) > defaults; the resolved config is written to OUT.")
+    p = one_line_errors(sub.add_parser(
+        "train", help="train a LoRA/DoRA adapter (or full / head-only baselines)",
+        description="CLI flags > YAML (-c) > defaults; the resolved config is written to OUT. An OUT holding a "
+                    "previous run is refused: continue it with --resume auto, or choose a new --out."))
     p.add_argument("-c", "--config", default=None, help="YAML file of settings (same names as the flags)")
     for name, default, help_text in TrainConfig.cli_fields():
         flag = "--" + name.replace("_", "-")

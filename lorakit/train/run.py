@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from lorakit.adapters import save_adapter
 from lorakit.errors import LorakitError
+from lorakit.outputs import check_output, model_path
 from lorakit.plan.speed import SpeedPlan, resolve_speed
 from lorakit.runtime.device import resolve_device, set_threads
 from lorakit.runtime.memory import lean_malloc, release_free_heap
@@ -29,6 +31,28 @@ from lorakit.train.schedule import make_scheduler
 from lorakit.train.speed import apply_speed_plan
 
 log = logging.getLogger("lorakit")
+
+# what a run writes into --out (a full/head run: a model directory): any of them there means a previous run
+RUN_FILES = ("checkpoints", "adapter_model.safetensors", "adapter_config.json", "model.safetensors",
+             "model.safetensors.index.json", "config.json", "metrics.jsonl", "summary.json", "best",
+             "train_config.yaml", "loss.png")
+
+
+def check_out(cfg: TrainConfig, replace: bool = False) -> Path:
+    """Refuse an --out that overlaps --data, the model or a model cache, or holds a previous run
+    (unless resuming it, or `replace`: the caller owns the folder and starts it over)."""
+    if not cfg.out:
+        raise LorakitError("--out is required: where the adapter, checkpoints and metrics go")
+    reads = [("the dataset (--data)", cfg.data), ("the base model (--model)", model_path(cfg.model))]
+    out = check_output(cfg.out, reads)
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not cfg.resume and not replace:
+        if any((out / "checkpoints").glob("step-*")):  # not latest.json: it may be what is broken
+            raise LorakitError(f"--out {out} holds a previous run ({', '.join(found[:3])}); continue it with "
+                               "--resume auto, or choose a new --out")
+        raise LorakitError(f"--out {out} holds a previous run or model ({', '.join(found[:3])}) with no checkpoint "
+                           "to resume; choose a new --out")
+    return out
 
 
 def load_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, dict[str, Any]]:
@@ -87,11 +111,13 @@ def training_loss(cfg: TrainConfig, plan: SpeedPlan, device: torch.device):
     return loss_fn
 
 
-def run_training(cfg: TrainConfig) -> dict[str, Any]:
-    """Train as `cfg` says; returns a summary (also written to ``OUT/summary.json``)."""
-    if not cfg.out:
-        raise LorakitError("--out is required: where the adapter, checkpoints and metrics go")
-    out = Path(cfg.out)
+def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
+    """Train as `cfg` says; returns a summary (also written to ``OUT/summary.json``).
+
+    An --out holding a previous run is refused unless `cfg.resume` continues it, or `replace`
+    (for callers that own the folder, e.g. `lorakit compare`'s runs) starts it over.
+    """
+    out = check_out(cfg, replace)  # before distributed.init: no rank has written anything yet
     if cfg.release_memory:
         lean_malloc()
     dist = distributed.init()
@@ -131,8 +157,10 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         if dist.rank == 0:
             metrics.truncate_after(state.step)
             log.info("resumed from %s at step %d", resume_from, state.step)
-    elif dist.rank == 0 and metrics.path.exists():
-        metrics.path.unlink()  # a fresh run starts a fresh log
+    elif dist.rank == 0:  # `replace`: a fresh run starts a fresh log and no old checkpoint survives it
+        metrics.path.unlink(missing_ok=True)
+        for stale in (ckpt_root, out / "best"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def do_evaluate() -> dict[str, float]:
         valid_batches = Batches(valid, cfg.batch_size, seed=0, pad_id=pad_id, packing=cfg.packing,

@@ -85,14 +85,19 @@ def test_dtype_is_cast_at_save(tiny_model_dir, tmp_path):
         merge_to_dir(tiny_model_dir, tmp_path / "adapter", tmp_path / "x", "int8")
 
 
-def test_existing_output_needs_force_and_is_replaced_whole(tiny_model_dir, tmp_path):
+def test_existing_output_needs_force_and_force_replaces_only_a_merged_model(tiny_model_dir, tmp_path):
     make_adapter(tiny_model_dir, VARIANTS["lora"], tmp_path / "adapter")
     out = tmp_path / "merged"
     out.mkdir()
     (out / "stale.txt").write_text("old")
     with pytest.raises(LorakitError, match="--force"):
         merge_to_dir(tiny_model_dir, tmp_path / "adapter", out)
-    assert (out / "stale.txt").is_file()
+    with pytest.raises(LorakitError, match="stale.txt.*lorakit did not write"):
+        merge_to_dir(tiny_model_dir, tmp_path / "adapter", out, force=True)
+    assert (out / "stale.txt").read_text() == "old"
+    (out / "stale.txt").unlink()
+    merge_to_dir(tiny_model_dir, tmp_path / "adapter", out)  # an empty folder may be written into
+    (out / "stale.txt").write_text("old")  # a merged model with a stray file: --force replaces it whole
     merge_to_dir(tiny_model_dir, tmp_path / "adapter", out, force=True)
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
     with pytest.raises(LorakitError, match="adapter being merged"):
