@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from lorakit.errors import LorakitError
+from lorakit.errors import LorakitError, one_line
+
+DEBUG_ENV = "LORAKIT_DEBUG"  # set to 1: an unexpected exception shows its traceback
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,11 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LorakitError as exc:
-        print(f"lorakit: error: {exc}", file=sys.stderr)
+        print(f"lorakit: error: {one_line(exc, limit=2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lorakit: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a defect, not bad input: one line, the traceback on request
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"lorakit: internal error: {type(exc).__name__}: {one_line(exc)}; this is a bug in lorakit, "
+              f"not in your input: rerun with {DEBUG_ENV}=1 for the traceback and report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

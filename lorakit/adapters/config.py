@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from lorakit.errors import LorakitError
+from lorakit.errors import LorakitError, short_repr
 
 PRESET_TARGETS = ("all-linear", "attention", "mlp")
 INITS = ("kaiming", "gaussian")
@@ -38,20 +39,31 @@ class LoraConfig:
     )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
-            raise LorakitError(f"LoRA rank r must be a positive integer, got {self.r!r}")
-        if self.alpha <= 0:
-            raise LorakitError(f"LoRA alpha must be positive, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise LorakitError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        if not _is_int(self.r) or self.r <= 0:
+            raise LorakitError(f"LoRA rank r must be a positive integer, got {short_repr(self.r)}")
+        if not _is_number(self.alpha) or not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise LorakitError(f"LoRA alpha must be positive, got {short_repr(self.alpha)}")
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise LorakitError(f"LoRA dropout must be in [0, 1), got {short_repr(self.dropout)}")
+        for flag in ("use_rslora", "use_dora"):
+            if not isinstance(getattr(self, flag), bool):
+                raise LorakitError(f"{flag} must be true or false, got {short_repr(getattr(self, flag))}")
         if self.init not in INITS:
             raise LorakitError(f"unknown LoRA init {self.init!r}: use one of {', '.join(INITS)}")
         if self.bias != "none":
             raise LorakitError(f"bias={self.bias!r} is not supported: use bias='none'")
         if isinstance(self.target_modules, (list, tuple, set)):
             self.target_modules = list(self.target_modules)
-        if isinstance(self.layers_to_transform, int):
+        _check_targets(self.target_modules)
+        if _is_int(self.layers_to_transform):
             self.layers_to_transform = [self.layers_to_transform]
+        if self.layers_to_transform is not None and not (
+                isinstance(self.layers_to_transform, list) and all(_is_int(i) for i in self.layers_to_transform)):
+            raise LorakitError(f"layers_to_transform must be a list of layer indices, got "
+                               f"{short_repr(self.layers_to_transform)}")
+        if self.modules_to_save is not None and not _str_list(self.modules_to_save):
+            raise LorakitError(f"modules_to_save must be a list of module names, got "
+                               f"{short_repr(self.modules_to_save)}")
 
     @property
     def scaling(self) -> float:
@@ -87,32 +99,38 @@ class LoraConfig:
 
     @classmethod
     def from_peft(cls, data: dict[str, Any], source: str = "adapter_config.json") -> "LoraConfig":
-        """Build from a PEFT `adapter_config.json` dict; refuses what lorakit cannot reproduce exactly."""
+        """Build from a PEFT `adapter_config.json` dict; refuses what lorakit cannot reproduce exactly.
+
+        Every field must have the type PEFT writes: a rank of 8.5 or "8", or use_dora "false", is
+        refused naming the field, never truncated or read as truthy.
+        """
         peft_type = data.get("peft_type", "LORA")
         if str(peft_type).upper() != "LORA":
-            raise LorakitError(f"{source}: peft_type {peft_type!r} is not supported; lorakit reads LORA adapters only")
+            raise LorakitError(f"{source}: peft_type {short_repr(peft_type)} is not supported; "
+                               "lorakit reads LORA adapters only")
+        if "r" not in data:
+            raise LorakitError(f"{source}: required field 'r' is missing")
+        _check_peft_types(data, source)
         for key in ("rank_pattern", "alpha_pattern"):
             if data.get(key):
-                raise LorakitError(f"{source}: per-module {key} is not supported yet; re-save with a single r/alpha")
+                raise LorakitError(f"{source}: per-module '{key}' is not supported yet; re-save with a single r/alpha")
         if data.get("lora_bias"):
             raise LorakitError(f"{source}: lora_bias=true is not supported; train with bias='none'")
         init = data.get("init_lora_weights", True)
         init_name = "gaussian" if init == "gaussian" else "kaiming"
         try:
             return cls(
-                r=int(data["r"]),
+                r=data["r"],
                 alpha=data.get("lora_alpha", 8),
-                dropout=float(data.get("lora_dropout", 0.0) or 0.0),
+                dropout=data.get("lora_dropout") or 0.0,
                 target_modules=data.get("target_modules") or [],
-                use_rslora=bool(data.get("use_rslora", False)),
-                use_dora=bool(data.get("use_dora", False)),
+                use_rslora=bool(data.get("use_rslora")),  # null reads as PEFT's default, false
+                use_dora=bool(data.get("use_dora")),
                 init=init_name,
                 bias=data.get("bias", "none") or "none",
                 modules_to_save=data.get("modules_to_save"),
                 layers_to_transform=data.get("layers_to_transform"),
             )
-        except KeyError as exc:
-            raise LorakitError(f"{source}: required field {exc.args[0]!r} is missing") from None
         except LorakitError as exc:
             raise LorakitError(f"{source}: {exc}") from None
 
@@ -120,3 +138,59 @@ class LoraConfig:
     def field_help(cls) -> dict[str, str]:
         """Help text of each field, for CLI and docs."""
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _check_targets(targets: object) -> None:
+    """target_modules: a list of module-name suffixes, or a preset or full-match regex string."""
+    if isinstance(targets, str):
+        if targets in PRESET_TARGETS:
+            return
+        try:
+            re.compile(targets)
+        except re.error as exc:
+            raise LorakitError(f"target_modules {short_repr(targets)} is not a valid regular expression "
+                               f"({exc})") from None
+    elif not _str_list(targets):
+        raise LorakitError(f"target_modules must be a list of module names or a regex string, "
+                           f"got {short_repr(targets)}")
+
+
+# adapter_config.json fields and what each must be, as PEFT writes them (null: PEFT's default)
+_PEFT_TYPES: dict[str, tuple[str, Any]] = {
+    "r": ("a positive integer", lambda v: _is_int(v) and v > 0),
+    "lora_alpha": ("a positive number", lambda v: _is_number(v) and math.isfinite(v) and v > 0),
+    "lora_dropout": ("a number in [0, 1)", lambda v: v is None or (_is_number(v) and 0 <= v < 1)),
+    "target_modules": ("a list of module names or a regex string", lambda v: v is None or isinstance(v, str)
+                       or _str_list(v)),
+    "use_rslora": ("true or false", lambda v: v is None or isinstance(v, bool)),
+    "use_dora": ("true or false", lambda v: v is None or isinstance(v, bool)),
+    "lora_bias": ("true or false", lambda v: v is None or isinstance(v, bool)),
+    "init_lora_weights": ("true, false or an init name", lambda v: v is None or isinstance(v, (bool, str))),
+    "bias": ("a string ('none')", lambda v: v is None or isinstance(v, str)),
+    "modules_to_save": ("a list of module names", lambda v: v is None or _str_list(v)),
+    "layers_to_transform": ("a layer index or a list of them", lambda v: v is None or _is_int(v)
+                            or (isinstance(v, list) and all(_is_int(i) for i in v))),
+    "rank_pattern": ("an object", lambda v: v is None or isinstance(v, dict)),
+    "alpha_pattern": ("an object", lambda v: v is None or isinstance(v, dict)),
+}
+
+
+def _check_peft_types(data: dict[str, Any], source: str) -> None:
+    """Refuse, naming the file and the field, a value of a type PEFT never writes there."""
+    for key, (want, ok) in _PEFT_TYPES.items():
+        if key in data and not ok(data[key]):
+            what = "LoRA rank r" if key == "r" else f"'{key}'"
+            raise LorakitError(f"{source}: {what} must be {want}, got {short_repr(data[key])}; "
+                               f"fix the field '{key}' or re-save the adapter")

@@ -32,7 +32,7 @@ from lorakit.adapters.model import (
     plan_targets,
 )
 from lorakit.adapters.targets import iter_targets, suffix_names
-from lorakit.errors import AdapterLoadError, LorakitError
+from lorakit.errors import AdapterLoadError, LorakitError, one_line
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -114,9 +114,13 @@ def read_adapter_config(path: str | os.PathLike) -> LoraConfig:
     if not cfg_file.is_file():
         raise AdapterLoadError(f"{cfg_file}: not found; an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
-        data = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterLoadError(f"{cfg_file}: not valid JSON ({exc}); re-save the adapter") from None
+        data = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AdapterLoadError(f"{cfg_file}: cannot read ({exc.strerror}); check its permissions") from None
+    except RecursionError:
+        raise AdapterLoadError(f"{cfg_file}: not valid JSON (nested too deep); re-save the adapter") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number past Python's digit limit
+        raise AdapterLoadError(f"{cfg_file}: not valid JSON ({one_line(exc, 120)}); re-save the adapter") from None
     if not isinstance(data, dict):
         raise AdapterLoadError(f"{cfg_file}: expected a JSON object")
     try:
@@ -139,8 +143,10 @@ def read_adapter_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise AdapterLoadError(f"{weights}: not found; an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
         return load_file(weights)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise AdapterLoadError(f"{weights}: truncated or corrupt safetensors file ({exc}); save or copy it again") from None
+    # the library's own error, or what torch raises building a tensor from a header it accepted
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError) as exc:
+        raise AdapterLoadError(f"{weights}: truncated or corrupt safetensors file ({one_line(exc, 160)}); "
+                               "save or copy it again") from None
 
 
 def _expected(model: nn.Module, config: LoraConfig, plan: tuple) -> tuple[dict[str, tuple[str, str, tuple]], set[str]]:
@@ -209,6 +215,10 @@ def _build_parts(model: nn.Module, prepared: PreparedAdapter) -> dict[str, dict[
     return parts
 
 
+# which axis of each LoRA factor is the rank
+_RANK_AXIS = {"lora_A.weight": 0, "lora_B.weight": 1, "lora_embedding_A": 0, "lora_embedding_B": 1}
+
+
 def prepare_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default", *,
                     trainable: bool = False) -> PreparedAdapter:
     """Read the PEFT adapter at `path`, check every key and shape against `model`, and build its
@@ -232,8 +242,15 @@ def prepare_adapter(model: nn.Module, path: str | os.PathLike, name: str = "defa
         what = f"missing {missing[0]}" if missing else f"has {unexpected[0]}, which is no module of this model"
         raise AdapterLoadError(f"{weights}: {what} ({len(missing)} missing, {len(unexpected)} unexpected keys); "
                                "was it trained for a different base model?")
-    for key, (module_name, _, shape) in expected.items():
-        if tuple(tensors[key].shape) != shape:
+    for key, (module_name, local, shape) in expected.items():
+        got = tuple(tensors[key].shape)
+        # a factor that fits the module but not the config's r: the config is what is wrong
+        rank_axis = _RANK_AXIS.get(local)
+        if rank_axis is not None and len(got) == 2 and got[rank_axis] != config.r and \
+                got[1 - rank_axis] == shape[1 - rank_axis]:
+            raise AdapterLoadError(f"{path / CONFIG_NAME} says r={config.r} but {weights.name}'s {key} has rank "
+                                   f"{got[rank_axis]}: the config and the weights disagree; re-save the adapter")
+        if got != shape:
             raise AdapterLoadError(f"{weights}: {key} has shape {tuple(tensors[key].shape)} but module "
                                    f"'{module_name}' needs {shape}; the adapter was trained for a different base model")
     for key in expected:
@@ -243,10 +260,13 @@ def prepare_adapter(model: nn.Module, path: str | os.PathLike, name: str = "defa
     return prepared
 
 
+_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
 def _check_values(weights: Path, key: str, tensor: torch.Tensor) -> None:
     """Refuse a weight that is not floating point or holds NaN/inf: it would load and then poison
     every output (or the training loss) silently."""
-    if not tensor.is_floating_point():
+    if tensor.dtype not in _WEIGHT_DTYPES:  # float8 and the like: no sum, no matmul with the model's weights
         raise AdapterLoadError(f"{weights}: {key} has dtype {str(tensor.dtype).removeprefix('torch.')}; adapter "
                                "weights are floating point (float32, bfloat16 or float16): re-save the adapter")
     # a sum is non-finite whenever an element is (cheaper than isfinite per element on hundreds of

@@ -34,7 +34,7 @@ META_KEYS = ("book", "author", "title", "translator", "gutenberg_id")
 
 def canonical_author(name: str | None) -> str | None:
     """Map spelling variants of well-known authors to one name ('Leo Tolstoi' -> 'Leo Tolstoy')."""
-    if not name:
+    if not name or not isinstance(name, str):
         return name
     parts = re.findall(r"[^\W\d_]+", name.lower())
     for part in reversed(parts):
@@ -96,31 +96,49 @@ def _book_id(path: Path, used: set[str]) -> str:
     return book
 
 
+def _text_or_none(value: object) -> str | None:
+    """A metadata value as text: JSONL may hold any type where a name belongs (a number is its digits)."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None  # null, a bool, a float, a list or an object names nothing
+
+
+def _gutenberg_id(value: object) -> int | None:
+    """A Project Gutenberg ebook number, or None where the value cannot be one."""
+    if isinstance(value, float) and value.is_integer():  # is_integer is False for NaN and infinities
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 20:
+        return int(value)
+    return None
+
+
 def _fill_meta(meta: dict, book: str, source: str) -> dict:
-    out = {key: meta.get(key) for key in META_KEYS}
-    out["book"] = str(meta.get("book") or book)
+    out: dict = {key: _text_or_none(meta.get(key)) for key in META_KEYS}
+    out["book"] = out["book"] or book
     out["author"] = canonical_author(out["author"])
-    if out["gutenberg_id"] is not None:
-        try:
-            out["gutenberg_id"] = int(out["gutenberg_id"])
-        except (TypeError, ValueError):
-            out["gutenberg_id"] = None
+    out["gutenberg_id"] = _gutenberg_id(meta.get("gutenberg_id"))
     out["source"] = source
     return out
 
 
 def _records_to_items(records: list[Record], book: str, loaded: Loaded) -> None:
     for rec in records:
-        meta = _fill_meta(rec.meta, str(rec.meta.get("book") or rec.meta.get("title") or book), rec.source)
+        meta = _fill_meta(rec.meta, _text_or_none(rec.meta.get("book")) or _text_or_none(rec.meta.get("title")) or book,
+                          rec.source)
+        task = _text_or_none(rec.meta.get("task")) or "custom"
         if rec.kind == "text":
             clean = clean_plain(rec.text)
             loaded.removed.update(clean.removed)
             loaded.docs.append(Document(f"{rec.source}:{rec.line}", rec.source, meta, clean.paras, "jsonl"))
         elif rec.kind == "pair":
-            meta["task"] = rec.meta.get("task") or "custom"
+            meta["task"] = task
             loaded.pairs.append(Pair(rec.prompt, rec.completion, meta, rec.source, rec.line))
         else:
-            meta["task"] = rec.meta.get("task") or "custom"
+            meta["task"] = task
             prior = "\n\n".join(m["content"] for m in rec.messages[:-1])
             loaded.pairs.append(Pair(prior, rec.messages[-1]["content"], meta, rec.source, rec.line, rec.messages))
 

@@ -264,6 +264,15 @@ def parse_record(obj: object, name: str, lineno: int) -> Record:
     )
 
 
+def json_problem(exc: ValueError | RecursionError) -> str:
+    """What `json.loads` refused, in words: JSON that is malformed, nested too deep, or a number too long."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "nested too deep"
+    return "a number with too many digits"  # Python's int-from-string limit
+
+
 def parse_jsonl(src: SourceFile, *, skip_bad: bool = False, bad: list[dict] | None = None) -> list[Record]:
     """Parse a JSONL source; bad lines raise, or with `skip_bad` are appended to `bad` and skipped."""
     records: list[Record] = []
@@ -274,9 +283,9 @@ def parse_jsonl(src: SourceFile, *, skip_bad: bool = False, bad: list[dict] | No
         try:
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise BadInputError(
-                    f"{name}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                    f"{name}:{lineno}: not valid JSON ({json_problem(exc)}); "
                     "fix the line or pass --skip-bad to skip bad lines",
                     file=name, line=lineno, reason="bad_json",
                 ) from None

@@ -92,8 +92,13 @@ def split_path(data_dir: str | Path, split: str) -> Path:
     return Path(data_dir) / SPLIT_FILES.get(split, f"{split}.jsonl")
 
 
+# token ids become int64 tensors: a negative id or one past int64 cannot be one
+_MAX_ID = 2**63 - 1
+
+
 def _int_list(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    return isinstance(value, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= _MAX_ID for i in value)
 
 
 def _has_content(obj: dict) -> bool:
@@ -117,7 +122,7 @@ def row_problems(obj: object, need: Need = "any") -> list[str]:
     errors = [f"'{key}' must be a string" for key in STRINGS if key in obj and not isinstance(obj[key], str)]
     ids = obj.get("input_ids")
     if "input_ids" in obj and not _int_list(ids):
-        errors.append("'input_ids' must be a list of integers")
+        errors.append("'input_ids' must be a list of integers from 0 (token ids)")
         ids = None
     if "prompt_len" in obj:
         plen = obj["prompt_len"]
@@ -153,6 +158,10 @@ def _parse(raw: bytes, need: Need) -> tuple[object, str | None]:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         return None, f"not JSON ({exc.msg} at column {exc.colno})"
+    except RecursionError:
+        return None, "not JSON this reader can hold (nested too deep)"
+    except ValueError:  # Python's int-from-string limit
+        return None, "not JSON this reader can hold (a number with too many digits)"
     problems = row_problems(obj, need)
     return (None, "; ".join(problems)) if problems else (obj, None)
 

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from lorakit.atomic import atomic_write
-from lorakit.errors import LorakitError
+from lorakit.errors import LorakitError, one_line, short_repr
 from lorakit.runtime.precision import check_precision
 
 METHODS = ("lora", "dora", "full", "head", "qlora")
@@ -62,6 +62,82 @@ def _yaml_number(name: str, value: Any) -> Any:
         except ValueError:
             return value  # refused with its name by _check_number
     return value
+
+
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    """A PyYAML error as one short clause: the problem and where (its own text spans lines and quotes the file)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    hint = "; lorakit reads plain YAML: no !!python tags" if "python/" in str(problem) else ""
+    return one_line(f"{problem}{where}{hint}", 200)
+
+
+def _load_yaml(path: Path) -> Any:
+    """`yaml.safe_load` of `path` (no tags that build objects), every failure one line naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LorakitError(f"{path}: not a text file (not UTF-8); pass a YAML file of setting: value") from None
+    except OSError as exc:
+        raise LorakitError(f"{path}: cannot read the config ({exc.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise LorakitError(f"{path}: not valid YAML ({_yaml_error(exc)})") from None
+    except RecursionError:
+        raise LorakitError(f"{path}: not a config YAML (nested too deep); write one setting: value per line") from None
+    except ValueError:  # an integer past Python's int-from-string limit
+        raise LorakitError(f"{path}: not a config YAML (a number with too many digits); fix the number") from None
+
+
+def _yaml_type_problem(name: str, value: Any, default: Any) -> str | None:
+    """Why `value` cannot be setting `name` (None when it can); numbers are checked by type only here."""
+    if name in NUMBERS:
+        if value is None and name in OPTIONAL:
+            return None
+        kind = NUMBERS[name][0]
+        ok = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+        return None if ok and not isinstance(value, bool) else f"must be {'an integer' if kind is int else 'a number'}"
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if value is None and default is None:
+        return None
+    return None if isinstance(value, str) else "must be a string (quote it)"
+
+
+def read_yaml_settings(path: Path, known: dict[str, Any]) -> dict[str, Any]:
+    """The settings in a ``-c`` YAML file, each of the type its field declares; refused in one line naming
+    the file and the setting. `known` maps field names to their dataclass fields."""
+    loaded = _load_yaml(path)
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise LorakitError(f"{path}: expected a mapping of setting: value, got {type(loaded).__name__}")
+    values: dict[str, Any] = {}
+    for key, value in loaded.items():
+        if not isinstance(key, str):
+            raise LorakitError(f"{path}: {short_repr(key)} is not a setting name; setting names are words "
+                               "like rank or lr (see `lorakit train --help`)")
+        name = key.replace("-", "_")
+        if name == "speed_plan":  # an earlier run's resolved plan (train_config.yaml): resolved anew
+            continue
+        if name not in known:
+            raise LorakitError(f"{path}: unknown setting {short_repr(key)}; see `lorakit train --help`")
+        value = _yaml_number(name, value)
+        problem = _yaml_type_problem(name, value, known[name].default)
+        if problem is not None:  # numbers worded as their flag's own check words them
+            what = f"setting '{name}': --{name.replace('_', '-')}" if name in NUMBERS else f"setting '{name}'"
+            raise LorakitError(f"{path}: {what} {problem}, got {short_repr(value)}")
+        if name in NUMBERS:  # the range checks TrainConfig makes, here to name the file
+            try:
+                _check_number(name, value, *NUMBERS[name])
+            except LorakitError as exc:
+                raise LorakitError(f"{path}: setting '{name}': {exc}") from None
+        values[name] = value
+    return values
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -140,24 +216,21 @@ class TrainConfig:
     @classmethod
     def resolve(cls, yaml_path: str | None, cli: dict[str, Any]) -> "TrainConfig":
         """Defaults, overridden by the YAML file, overridden by flags given on the command line."""
-        values: dict[str, Any] = {}
-        if yaml_path:
-            path = Path(yaml_path)
-            try:
-                loaded = yaml.safe_load(path.read_text()) or {}
-            except (OSError, yaml.YAMLError) as exc:
-                raise LorakitError(f"{path}: cannot read the config ({exc})") from None
-            if not isinstance(loaded, dict):
-                raise LorakitError(f"{path}: expected a mapping of setting: value")
-            values.update({k.replace("-", "_"): _yaml_number(k.replace("-", "_"), v) for k, v in loaded.items()})
-        values.pop("speed_plan", None)  # an earlier run's resolved plan (train_config.yaml): resolved anew
-        values.update(cli)
+        known_fields = {f.name: f for f in fields(cls)}
+        from_file = read_yaml_settings(Path(yaml_path), known_fields) if yaml_path else {}
+        values: dict[str, Any] = {**from_file, **cli}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise LorakitError(f"unknown setting {unknown[0]!r}{' in ' + yaml_path if yaml_path else ''}; "
                                f"see `lorakit train --help`")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except LorakitError as exc:  # a value from the file (e.g. an unknown schedule): name the file
+            flags = [n for n in from_file if n not in cli and str(exc).startswith(f"--{n.replace('_', '-')} ")]
+            if flags:
+                raise LorakitError(f"{yaml_path}: setting '{flags[0]}': {exc}") from None
+            raise
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lorakit.atomic import atomic_write
+
 
 
 def _clock(seconds: float) -> str:
@@ -78,8 +80,17 @@ class MetricsLog:
         """Drop lines past `step` (a resumed run rewrites them)."""
         if not self.path.is_file():
             return
-        rows = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(r + "\n" for r in rows))
+        rows = [line for line in self.path.read_text(errors="replace").splitlines() if _step_of(line) <= step]
+        atomic_write(self.path, "".join(r + "\n" for r in rows))  # a kill now leaves the old log, not half of it
+
+
+def _step_of(line: str) -> float:
+    """The step of one metrics.jsonl line; a torn or foreign line (a kill mid-append) counts as past every step."""
+    try:
+        row = json.loads(line)
+        return float(row["step"]) if isinstance(row, dict) and isinstance(row.get("step"), int) else float("inf")
+    except (ValueError, RecursionError):
+        return float("inf")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
