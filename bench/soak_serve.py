@@ -549,6 +549,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="working folder (default: a temp dir, kept for its log)")
     args = p.parse_args(argv)
     print("command:", " ".join([sys.executable, *sys.argv]), flush=True)
+    import torch
+
+    from lorakit.runtime.machine import cpu_facts, gemm_peak_gflops
+
+    facts = cpu_facts()
+    print(f"machine: {facts['cpu']}, {facts['logical_cores']} cores, flags {' '.join(facts['flags'])}; GEMM peak "
+          f"fp32 {gemm_peak_gflops(seconds=1):.0f}, bf16 {gemm_peak_gflops(torch.bfloat16, seconds=1):.0f} GFLOP/s",
+          flush=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="soak-serve-"))
     work.mkdir(parents=True, exist_ok=True)
     model, root = build_models(work, args.model)

@@ -34,19 +34,14 @@ sys.path.insert(0, str(REPO))
 
 
 def cpu_summary() -> str:
-    """CPU model and the flags that decide lorakit's speed paths (avx2, avx512_bf16, amx)."""
-    name, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name == "unknown":
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return f"{name}, {os.cpu_count()} CPUs; " + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
+    """CPU model, the kernel flags it has and its GEMM peaks (lorakit.runtime.machine)."""
+    import torch
+
+    from lorakit.runtime.machine import cpu_facts, gemm_peak_gflops
+
+    facts = cpu_facts()
+    return (f"{facts['cpu']}, {facts['logical_cores']} CPUs; flags {' '.join(facts['flags'])}; GEMM peak fp32 "
+            f"{gemm_peak_gflops(seconds=1):.0f}, bf16 {gemm_peak_gflops(torch.bfloat16, seconds=1):.0f} GFLOP/s")
 
 
 def make_tiny_model(out: Path) -> Path:
