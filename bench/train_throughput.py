@@ -232,7 +232,7 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="prepared dataset dir (required for --case dataset)")
     ap.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout of the adapter both systems train")
     ap.add_argument("--compile", action="store_true", help="lorakit runs as `lorakit train --compile`")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="lorakit's --precision")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "int8", "auto"], default="fp32", help="lorakit's --precision")
     ap.add_argument("--release-memory", action="store_true", help="lorakit runs with --release-memory")
     ap.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True, help="lorakit's --fuse")
     ap.add_argument("--lean-memory", action=argparse.BooleanOptionalAction, default=True,

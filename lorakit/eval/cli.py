@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lorakit.data.cli import nonneg_float, one_line_errors, positive_float, positive_int
 from lorakit.errors import LorakitError
-from lorakit.runtime.precision import PRECISIONS
+from lorakit.runtime.precision import INFER_PRECISIONS, PRECISIONS
 
 MODEL_HELP = "HF model directory, .gguf file or alias (default: smollm2-135m-instruct)"
 
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--temperature", type=nonneg_float, default=0.7, help="sampling temperature of generations (0: greedy)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: physical cores)")
-    e.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    e.add_argument("--precision", choices=INFER_PRECISIONS, default="fp32",
                    help="bf16: the base in bf16 (adapters and the loss's softmax stay fp32) where the CPU runs bf16 "
                         "natively, faster there (bench/RESULTS_eval.md); perplexities move by bf16 rounding. "
                         "auto measures. Default fp32")

@@ -69,9 +69,9 @@ def _quantize_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _precision_arg(p: argparse.ArgumentParser) -> None:
-    from lorakit.runtime.precision import PRECISIONS
+    from lorakit.runtime.precision import INFER_PRECISIONS
 
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+    p.add_argument("--precision", default="fp32", choices=INFER_PRECISIONS,
                    help="bf16: the base's weights and KV cache in bf16 (adapters stay fp32), for CPUs that run "
                         "bf16 natively (AVX512-BF16, AMX), where it is faster than fp32; on an AVX2-only CPU it "
                         "is far slower (figures in bench/RESULTS_serve.md). auto measures and picks. Default fp32")

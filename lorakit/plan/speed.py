@@ -19,6 +19,7 @@ from lorakit.families import family_of
 from lorakit.runtime.precision import resolve_precision
 
 RECOMPUTE_ATTENTION = "eager_recompute"  # registered by lorakit.train.attention
+INT8_METHODS = ("lora", "dora", "head")  # int8 GEMMs serve frozen projections: full trains them, QLoRA's are NF4
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class SpeedPlan:
     """What a run does for speed and memory, resolved for one model on one machine."""
 
     device: str  # 'cpu', 'cuda', 'mps'
-    precision: str  # 'fp32' or 'bf16' (auto resolved on this machine)
+    precision: str  # 'fp32', 'bf16' or 'int8' (auto resolved on this machine)
     attention: str | None  # an attention implementation to switch to; None keeps the model's own
     compile: bool  # torch.compile each decoder layer
     fuse: bool  # one GEMM per group of frozen projections that read one input
@@ -57,7 +58,7 @@ def resolve_speed(*, model_type: str | None, method: str, device: Any, precision
     """The speed plan for training a `model_type` model with `method` on `device` (a torch.device),
     from the trainer's options of the same names (`TrainConfig.speed_settings()`)."""
     family = family_of(model_type)
-    resolved = resolve_precision(precision, device)
+    resolved = resolve_precision(precision, device, int8=method in INT8_METHODS)
     notes: list[str] = []
 
     def why_off(option: str, asked: bool, reasons: list[tuple[bool, str]]) -> bool:
@@ -74,6 +75,7 @@ def resolve_speed(*, model_type: str | None, method: str, device: Any, precision
         (compile, "--compile replaces it"),
         (method == "full", "full fine-tuning trains the projections"),
         (method == "qlora", "the frozen projections are quantized"),
+        (resolved == "int8", "the frozen projections are int8"),
         (not family.fuse, family.reason("fuse")),
     ])
     lean = why_off("lean", lean_memory, [

@@ -1,11 +1,14 @@
-"""Compute precision: fp32, or bf16 mixed precision where the chip runs bf16 GEMMs natively.
+"""Compute precision: fp32; bf16 mixed precision where the chip runs bf16 GEMMs natively; int8
+frozen GEMMs (training only) where it does not.
 
 bf16 mixed precision is autocast: matmuls run in bf16 with fp32 accumulation, while adapter
 weights, their gradients, optimizer state, norms, softmax and the loss stay fp32. Whether it pays
 depends on the chip: a CPU with AVX512-BF16 or AMX runs bf16 GEMMs several times faster than
 fp32, one with AVX2 only emulates them far slower (bench/RESULTS.md prints both rates per
 machine). So `auto` measures instead of guessing from flags, and an explicit `bf16` on a slow
-chip warns.
+chip warns. ``int8`` (training a LoRA/DoRA adapter or the head on a CPU) runs the frozen projections'
+forward and input-gradient GEMMs in int8 (`lorakit.quant.int8mm`); `auto` picks it where bf16 is not
+native and the int8 kernel beats fp32 in a probe.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from lorakit.errors import LorakitError
 if TYPE_CHECKING:  # torch loads on first use: CLI parsers read PRECISIONS without it
     import torch
 
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = ("fp32", "bf16", "int8", "auto")
+INFER_PRECISIONS = ("fp32", "bf16", "auto")  # generate, serve, eval: int8 is for training
+INT8_GAIN = 1.2  # auto takes int8 only when its GEMM beats fp32 by this much: the per-token scaling and
+# outlier columns around it cost a few passes over each input
 log = logging.getLogger("lorakit")
 
 
@@ -41,17 +47,41 @@ def native_bf16(device_type: str) -> bool:
     return False
 
 
-def check_precision(name: str) -> str:
-    """`name` if it is one of PRECISIONS, else a one-line refusal."""
-    if name not in PRECISIONS:
-        raise LorakitError(f"--precision {name!r}: use one of {', '.join(PRECISIONS)}")
+@functools.cache
+def fast_int8(device_type: str) -> bool:
+    """Does `device_type` run the int8 kernel at least `INT8_GAIN` times the fp32 GEMM rate? (CPU only,
+    a short probe at a model's projection shape, once per process)."""
+    if device_type != "cpu":
+        return False
+    from lorakit.runtime.int8_kernel import int8_gemm_gflops
+    from lorakit.runtime.machine import gemm_peak_gflops
+
+    return int8_gemm_gflops(seconds=0.1) >= INT8_GAIN * gemm_peak_gflops(seconds=0.1)
+
+
+def check_precision(name: str, choices: tuple[str, ...] = PRECISIONS) -> str:
+    """`name` if it is one of `choices`, else a one-line refusal."""
+    if name not in choices:
+        raise LorakitError(f"--precision {name!r}: use one of {', '.join(choices)}")
     return name
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """'fp32' or 'bf16' for `name` in PRECISIONS on `device`; `auto` picks bf16 only where it is native."""
+def resolve_precision(name: str, device: torch.device, *, int8: bool = False) -> str:
+    """'fp32', 'bf16' or 'int8' for `name` in PRECISIONS on `device`. `auto` picks bf16 where it is
+    native, else int8 when `int8` (the caller can run it) and its kernel is fast here, else fp32."""
     if check_precision(name) == "auto":
-        return "bf16" if native_bf16(device.type) else "fp32"
+        if native_bf16(device.type):
+            return "bf16"
+        return "int8" if int8 and fast_int8(device.type) else "fp32"
+    if name == "int8":
+        from lorakit.runtime.int8_kernel import available
+
+        if device.type != "cpu" or not available():
+            raise LorakitError(f"--precision int8 runs on a CPU with PyTorch's int8 kernel (here: {device.type}); "
+                               "use --precision bf16 or fp32")
+        if not int8:
+            raise LorakitError("--precision int8 is for training a LoRA/DoRA adapter or the head "
+                               "(the frozen weights' GEMMs); use fp32, bf16 or auto here")
     if name == "bf16" and not native_bf16(device.type):
         log.warning("--precision bf16: this %s has no fast bf16 matmul (bf16 ran slower than fp32 in a probe); "
                     "it will compute slower than with --precision fp32", device.type)
@@ -73,6 +103,7 @@ def hold_base_in(model: "torch.nn.Module", precision: str) -> str:
     which keep fp32 factors on any base (`LoraLayer.factor_options`)."""
     import torch
 
+    check_precision(precision, INFER_PRECISIONS)
     resolved = resolve_precision(precision, next(model.parameters()).device)
     if resolved == "bf16":
         model.to(torch.bfloat16)

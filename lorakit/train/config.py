@@ -192,9 +192,11 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile each decoder layer (replaces --fuse and --lean-memory, whose "
                               "Python-side caching breaks the graphs); a longer first step; pays most with "
                               "--precision bf16 (bench/RESULTS.md)")
-    precision: str = _f("fp32", "fp32 | bf16 | auto: bf16 mixed precision (bf16 GEMMs; adapter weights, optimizer and "
-                                "loss in fp32) is several times faster where the chip runs bf16 natively "
-                                "(AVX512-BF16/AMX, recent GPUs) and far slower where it does not; auto measures and picks")
+    precision: str = _f("fp32", "fp32 | bf16 | int8 | auto: bf16 mixed precision (bf16 GEMMs; adapter weights, "
+                                "optimizer and loss in fp32) is several times faster where the chip runs bf16 "
+                                "natively (AVX512-BF16/AMX, recent GPUs) and far slower where it does not; int8 "
+                                "(CPU; lora, dora, head) runs the frozen projections' GEMMs in int8 with "
+                                "per-token scales, for CPUs without native bf16 (AVX2); auto measures and picks")
     attention: str | None = _f(None, "attention implementation: transformers' (eager, sdpa, ...) or "
                                      "eager_recompute (eager's values, its T x T probabilities recomputed in "
                                      "backward, not kept). Default: eager_recompute for --compile with bf16 on a "

@@ -1,0 +1,56 @@
+"""The int8 GEMM kernel behind the ``int8`` precision, in one place so it can change with PyTorch.
+
+The kernel is PyTorch's dynamically quantized linear (``torch.ops.quantized.linear_dynamic``: fbgemm
+or oneDNN through the ``x86`` quantized engine, u8 x s8 with int32 accumulation). On AVX2 CPUs it is
+the one int8 GEMM in PyTorch that beats the fp32 GEMM: ``torch._int_mm`` is far slower there on CPU,
+and torchao's int8 path calls it. It quantizes its input with one scale per tensor; callers that
+want per-row scales divide rows into [-1, 1] first (`lorakit.quant.int8mm`).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+
+
+# Weights in 7 bits ([-63, 63]), activations in 8 (u8). AVX2 has no int8 dot product into int32: its
+# u8 x s8 multiply-add (vpmaddubsw) sums pairs of products into int16 and saturates, and
+# 255 * 127 * 2 > 32767 while 255 * 63 * 2 < 32767. Of the two ways out (PyTorch's `reduce_range`
+# takes the bit from the activations), the weight's bit costs less loss (bench/RESULTS.md, round 6).
+WEIGHT_LEVELS = 63
+
+
+def pack(weight: torch.Tensor):
+    """(out, in) float -> the kernel's packed weight, symmetric 7-bit, one scale per output row."""
+    w = weight.detach().float().contiguous()
+    scale = (w.abs().amax(dim=1) / WEIGHT_LEVELS).clamp_min(torch.finfo(torch.float32).tiny)
+    with warnings.catch_warnings():  # quantized tensors are deprecated as a user API; the kernel still takes them
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_channel(w, scale.double(), torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(q, None)
+
+
+def gemm(x: torch.Tensor, packed) -> torch.Tensor:
+    """x (M, in) fp32 -> x W^T (M, out) fp32 through the int8 kernel (input quantized per tensor, 8 bits)."""
+    return torch.ops.quantized.linear_dynamic(x, packed, False)  # False: 8-bit activations (see WEIGHT_LEVELS)
+
+
+def available() -> bool:
+    """Does this PyTorch build have the kernel (CPU quantized engines)?"""
+    return "x86" in torch.backends.quantized.supported_engines or "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def int8_gemm_gflops(m: int = 1024, k: int = 576, n: int = 1536, seconds: float = 0.2) -> float:
+    """GFLOP/s of `gemm` at (m x k) @ (k x n) on this CPU, timed for about `seconds` (0 without the kernel)."""
+    if not available():
+        return 0.0
+    x, packed = torch.randn(m, k), pack(torch.randn(n, k))
+    for _ in range(3):
+        gemm(x, packed)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        gemm(x, packed)
+        count += 1
+    return 2 * m * k * n * count / (time.perf_counter() - start) / 1e9
