@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.train.conftest import write_dataset  # noqa: E402
+
 
 def cpu_summary() -> str:
     """CPU model, the kernel flags it has and its GEMM peaks (lorakit.runtime.machine)."""
@@ -57,18 +59,6 @@ def make_tiny_model(out: Path) -> Path:
     tf.LlamaForCausalLM(cfg).save_pretrained(out)
     load_tokenizer().save_pretrained(out)
     return out
-
-
-def write_dataset(root: Path, n_train: int = 400, n_valid: int = 8, seed: int = 0, max_len: int = 60) -> Path:
-    """train/valid JSONL of random token ids with prompt lengths (the trainer's input schema)."""
-    rng = random.Random(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("valid", n_valid)):
-        with (root / f"{split}.jsonl").open("w") as fh:
-            for _ in range(n):
-                ids = [rng.randint(3, 300) for _ in range(rng.randint(8, max_len))]
-                fh.write(json.dumps({"input_ids": ids, "prompt_len": rng.randint(0, 5)}) + "\n")
-    return root
 
 
 def temp_entries(out: Path) -> set[str]:
@@ -289,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="soak-train-"))
     work.mkdir(parents=True, exist_ok=True)
     model = args.model or str(make_tiny_model(work / "model"))
-    data = write_dataset(work / "data")
+    data = write_dataset(work / "data", n_train=400, n_valid=8)  # the trainer tests' random-id dataset
     started = time.monotonic()
 
     t0 = time.monotonic()

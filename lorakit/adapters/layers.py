@@ -15,6 +15,7 @@ from torch import nn
 
 from lorakit.adapters.config import LoraConfig
 from lorakit.adapters.dora import DoraMagnitude
+from lorakit.adapters.dropout import LoraDropout
 
 
 class LoraLayer(nn.Module):
@@ -153,7 +154,7 @@ class LoraLayer(nn.Module):
 
 def make_dropout(config: LoraConfig) -> nn.Module:
     """The LoRA-path dropout of `config` (Identity when it is 0)."""
-    return nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+    return LoraDropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
 
 def linear_holding(weight: torch.Tensor, requires_grad: bool = True) -> nn.Linear:
