@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.train.conftest import write_dataset  # noqa: E402
+from tests.train.conftest import save_tiny_llama, write_dataset  # noqa: E402
 
 
 def cpu_summary() -> str:
@@ -44,21 +44,6 @@ def cpu_summary() -> str:
     facts = cpu_facts()
     return (f"{facts['cpu']}, {facts['logical_cores']} CPUs; flags {' '.join(facts['flags'])}; GEMM peak fp32 "
             f"{gemm_peak_gflops(seconds=1):.0f}, bf16 {gemm_peak_gflops(torch.bfloat16, seconds=1):.0f} GFLOP/s")
-
-
-def make_tiny_model(out: Path) -> Path:
-    """A random 2-layer llama with SmolLM2's tokenizer (as tests/train/conftest.py builds it)."""
-    import torch
-    import transformers as tf
-
-    from lorakit.models import load_tokenizer
-
-    torch.manual_seed(0)
-    cfg = tf.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    tf.LlamaForCausalLM(cfg).save_pretrained(out)
-    load_tokenizer().save_pretrained(out)
-    return out
 
 
 def temp_entries(out: Path) -> set[str]:
@@ -278,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="soak-train-"))
     work.mkdir(parents=True, exist_ok=True)
-    model = args.model or str(make_tiny_model(work / "model"))
+    model = args.model or str(save_tiny_llama(work / "model"))
     data = write_dataset(work / "data", n_train=400, n_valid=8)  # the trainer tests' random-id dataset
     started = time.monotonic()
 

@@ -12,11 +12,15 @@ import torch
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def save_tiny_llama(out: Path) -> Path:
+    """A random 2-layer llama (seed 0) with SmolLM2's tokenizer, saved to `out`."""
     import transformers as tf
 
     from lorakit.models import load_tokenizer
 
-    out = tmp_path_factory.mktemp("tiny-llama")
     torch.manual_seed(0)
     cfg = tf.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
