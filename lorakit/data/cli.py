@@ -4,56 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
+from lorakit.argtypes import (checked, fraction, nonneg_float, nonneg_int, one_line_errors, open_fraction,
+                              positive_float, positive_int)
 from lorakit.data.download import MIRROR_ENV
 from lorakit.data.samples import FORMATS
 
 
-# argparse `type=` checks, so a bad number stops at parse time, before any model or tokenizer
-# loads; `lorakit eval` and `compare` use them too (and `train` one_line_errors). The wording follows TrainConfig's.
-def _number(kind: type, text: str) -> float:
-    try:
-        value = kind(text)
-    except ValueError:
-        need = "an integer" if kind is int else "a number"
-        raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
-def _checked(kind: type, ok: Callable[[float], bool], need: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = _number(kind, text)
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {need}, got {text}")
-        return value
-
-    parse.__name__ = need  # argparse names the type in some messages
-    return parse
-
-
-positive_int = _checked(int, lambda v: v > 0, "a positive integer")
-nonneg_int = _checked(int, lambda v: v >= 0, "an integer of at least 0")
-positive_float = _checked(float, lambda v: v > 0, "a positive number")
-nonneg_float = _checked(float, lambda v: v >= 0, "a number of at least 0")
-fraction = _checked(float, lambda v: 0 <= v < 1, "a fraction of at least 0 and below 1")
-open_fraction = _checked(float, lambda v: 0 < v < 1, "a fraction above 0 and below 1")
-prose_seq_len = _checked(int, lambda v: v >= 64, "an integer of at least 64 for prose passages (512 is typical)")
-
-
-def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Make `parser` report a bad or missing option in one line (argparse prints its usage first)."""
-
-    def error(message: str) -> NoReturn:
-        parser.exit(2, f"{parser.prog}: error: {message}; see `{parser.prog} --help`\n")
-
-    parser.error = error  # type: ignore[method-assign]
-    return parser
+prose_seq_len = checked(int, lambda v: v >= 64, "an integer of at least 64 for prose passages (512 is typical)")
 
 
 def _load_tokenizer(model: str | None):

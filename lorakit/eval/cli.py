@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lorakit.data.cli import nonneg_float, one_line_errors, positive_float, positive_int
+from lorakit.argtypes import nonneg_float, one_line_errors, positive_float, positive_int
 from lorakit.errors import LorakitError
 from lorakit.runtime.precision import INFER_PRECISIONS, PRECISIONS
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import math
 import os
 import signal
 import sys
 from pathlib import Path
+
+from lorakit.argtypes import finite_float, int_at_least, one_line_errors
 
 log = logging.getLogger("lorakit.infer")
 
@@ -18,42 +19,6 @@ KEEP_ALIVE_S = 5          # an idle keep-alive connection is closed after this l
 HEADER_LIMIT_BYTES = 16 * 1024  # h11's bound on a request line plus headers
 CONNECTION_HEADROOM = 64  # connections over max-batch + max-queue (for /health, admin): then uvicorn's 503
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
-
-
-def int_at_least(low: int, high: int | None = None):
-    """An argparse type: an integer in [low, high], with a one-line error naming the bound."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def finite_float(text: str) -> float:
-    """An argparse type: a finite number (ranges are checked where the value is used, before loading)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
-def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Make `parser`'s usage errors one line (argparse prints the whole usage first)."""
-    def error(message: str):
-        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
-
-    parser.error = error  # type: ignore[method-assign]
-    return parser
 
 
 def _context_arg(p: argparse.ArgumentParser) -> None:
@@ -89,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
               f"{CONNECTION_HEADROOM} open connections uvicorn answers 503 itself; idle keep-alive connections "
               f"close after {KEEP_ALIVE_S} s; on SIGTERM or Ctrl-C running requests get --shutdown-timeout "
               "seconds to finish, then are cancelled. A client that disconnects cancels its request.")
-    s = _one_line_errors(sub.add_parser("serve", help="OpenAI-compatible server: one base model, many hot-swappable "
+    s = one_line_errors(sub.add_parser("serve", help="OpenAI-compatible server: one base model, many hot-swappable "
                                         "adapters", description=limits))
     s.add_argument("--model", default=None, help="HF model directory, .gguf file or alias (default: smollm2-135m-instruct)")
     s.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH", help="adapter to load at start (repeat)")
@@ -109,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _precision_arg(s)
     s.set_defaults(func=serve)
 
-    g = _one_line_errors(sub.add_parser("generate",
+    g = one_line_errors(sub.add_parser("generate",
                                         help="stream a model's answer (or several adapters' answers) to one prompt"))
     g.add_argument("--model", default=None, help="HF model directory, .gguf file or alias (default: smollm2-135m-instruct)")
     g.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH",

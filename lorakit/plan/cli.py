@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import math
-from typing import NoReturn
+
+from lorakit.argtypes import fraction, one_line_errors, positive_int
 
 
 def _targets(value: str) -> list[str] | str:
@@ -12,28 +12,6 @@ def _targets(value: str) -> list[str] | str:
     from lorakit.adapters.targets import parse_targets
 
     return parse_targets(value)
-
-
-# argparse `type=` checks: a bad number stops at parse time in one line, before any config loads.
-# (lorakit.data.cli has the same helpers; plan sits beside data in the layers, so it cannot import them.)
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _dropout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}")
-    if not (math.isfinite(value) and 0 <= value < 1):
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
-    return value
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -61,23 +39,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `lorakit plan` to the top-level parser."""
-    p = sub.add_parser("plan", help="predict peak training memory and check it against this machine")
-
-    def error(message: str) -> NoReturn:  # one line, as lorakit's other errors (argparse prints its usage first)
-        p.exit(2, f"{p.prog}: error: {message}; see `{p.prog} --help`\n")
-
-    p.error = error  # type: ignore[method-assign]
+    p = one_line_errors(sub.add_parser("plan", help="predict peak training memory and check it against this machine"))
     p.add_argument("--model", default=None, help="model alias, HF directory, .gguf, or a config.json (default: SmolLM2-135M)")
     p.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
-    p.add_argument("--batch-size", type=_positive_int, default=1)
-    p.add_argument("--seq-len", type=_positive_int, default=512)
-    p.add_argument("--rank", type=_positive_int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=1)
+    p.add_argument("--seq-len", type=positive_int, default=512)
+    p.add_argument("--rank", type=positive_int, default=16)
     p.add_argument("--targets", default="all-linear", help="all-linear, attention, mlp, module names (a,b,c) or a regex, as for train")
     p.add_argument("--grad-checkpoint", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--loss-chunk-tokens", type=_positive_int, default=1024, help="tokens of logits the trainer's loss holds at once")
+    p.add_argument("--loss-chunk-tokens", type=positive_int, default=1024, help="tokens of logits the trainer's loss holds at once")
     p.add_argument("--release-memory", action=argparse.BooleanOptionalAction, default=False,
                    help="as train's --release-memory: freed memory goes back to the OS (lower peak, slower)")
-    p.add_argument("--dropout", type=_dropout, default=0.0, help="LoRA dropout (each adapter then keeps a dropped copy of its input)")
+    p.add_argument("--dropout", type=fraction, default=0.0, help="LoRA dropout (each adapter then keeps a dropped copy of its input)")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                    help="as train's --precision: bf16 holds a LoRA run's frozen linears in bf16")
     p.add_argument("--compile", action="store_true", help="as train's --compile (noted: activations are planned eager)")

@@ -29,10 +29,6 @@ from lorakit.runtime.int8_kernel import gemm, pack
 OUTLIER_SHARE = 64  # 1 in 64 input channels (at least one) computed in fp32; see the module docstring
 
 
-def _outliers(x: torch.Tensor) -> torch.Tensor:
-    """Indices of the input channels (columns of x (M, in)) with the largest absmax."""
-    keep = max(1, x.shape[1] // OUTLIER_SHARE)
-    return x.abs().amax(dim=0).topk(keep).indices
 
 
 def int8_matmul(x: torch.Tensor, packed, columns) -> torch.Tensor:
@@ -40,9 +36,10 @@ def int8_matmul(x: torch.Tensor, packed, columns) -> torch.Tensor:
 
     `packed` is W packed by `int8_kernel.pack`; `columns(idx)` returns W[:, idx] (out, len(idx)) in fp32.
     """
-    idx = _outliers(x)
+    magnitude = x.abs()  # one pass serves both: the outlier channels' absmax, then the rows' without them
+    idx = magnitude.amax(dim=0).topk(max(1, x.shape[1] // OUTLIER_SHARE)).indices
+    scale = magnitude.index_fill_(1, idx, 0.0).amax(dim=1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
     rest = x.clone(memory_format=torch.contiguous_format).index_fill_(1, idx, 0.0)
-    scale = rest.abs().amax(dim=1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
     y = gemm(rest.div_(scale), packed).mul_(scale)
     return y.addmm_(x[:, idx], columns(idx).T)
 

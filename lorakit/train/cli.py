@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lorakit.data.cli import one_line_errors
+from lorakit.argtypes import one_line_errors
 from lorakit.train.config import TrainConfig
 
 SHORT = {"model": ["-m"], "rank": ["-r"]}

@@ -18,7 +18,7 @@ from lorakit.errors import LorakitError
 from lorakit.families import decoder_layers
 from lorakit.plan.speed import SpeedPlan
 from lorakit.quant.int8mm import Int8MMLinear
-from lorakit.quant.model import replace_module
+from lorakit.quant.model import output_head_names, replace_module
 from lorakit.runtime.memory import drop_file_pages, file_backed, file_mappings, own_weights
 from lorakit.train.attention import use_attention
 from lorakit.train.fuse import FusedBase, fuse_projections, unfuse_projections
@@ -54,10 +54,10 @@ def int8_projections(model: nn.Module) -> Callable[[], None]:
     The fp32 weights' file pages are dropped: the int8 copies are what runs, and an undo that reads
     them again faults them back in from the file.
     """
-    head = {id(model.get_output_embeddings())} if hasattr(model, "get_output_embeddings") else set()
+    head = output_head_names(model)
     ranges = file_mappings()
     swapped = [(name, module) for name, module in model.named_modules()
-               if type(module) is nn.Linear and not module.weight.requires_grad and id(module) not in head]
+               if type(module) is nn.Linear and not module.weight.requires_grad and name not in head]
     for name, module in swapped:
         replace_module(model, name, Int8MMLinear.from_weight(module.weight, module.bias))
         if file_backed(module.weight, ranges):
