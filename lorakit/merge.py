@@ -51,7 +51,10 @@ def recorded_base(adapter_dir: str | os.PathLike) -> str | None:
     except (OSError, json.JSONDecodeError):
         return None
     base = data.get("base_model_name_or_path") if isinstance(data, dict) else None
-    return str(base) if base else None
+    if not base:
+        return None
+    revision = data.get("revision")  # a Hub base saved at a revision: load that one
+    return f"{base}@{revision}" if isinstance(revision, str) and revision and "@" not in str(base) else str(base)
 
 
 def _not_merged(folder: Path) -> list[str]:

@@ -1,8 +1,9 @@
-"""Resolve `--model` (HF directory, .gguf file or alias) and load model + tokenizer.
+"""Resolve `--model` (HF directory, .gguf file, alias or Hub id) and load model + tokenizer.
 
 A GGUF file is de-quantized once by transformers + gguf (the slow part of a first load)
 and cached as a safetensors directory under ``$LORAKIT_HOME/models`` so later loads
-skip that step.
+skip that step. A Hub id (`org/name[@revision]`) is fetched into the Hugging Face cache
+(`lorakit.hub`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 
 from lorakit.atomic import atomic_dir
 from lorakit.errors import ModelNotFoundError
+from lorakit.runtime.cache import lorakit_home  # noqa: F401 (lorakit.models.lorakit_home is public)
+from lorakit.hub import hub_cache, hub_snapshot, parse_hub_id
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -44,17 +47,8 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def lorakit_home() -> Path:
-    """Cache root: ``$LORAKIT_HOME`` or ``~/.cache/lorakit``."""
-    return Path(os.environ.get("LORAKIT_HOME", Path.home() / ".cache" / "lorakit")).expanduser()
-
-
-def hf_hub_cache() -> Path:
-    """The Hugging Face hub cache, as huggingface_hub resolves it from the environment."""
-    if os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE"):
-        return Path(os.environ.get("HF_HUB_CACHE") or os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
-    xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
-    return Path(os.environ.get("HF_HOME", xdg / "huggingface")).expanduser() / "hub"
+# kept under its old name: lorakit.outputs and tests import it from here
+hf_hub_cache = hub_cache
 
 
 def cache_roots() -> dict[str, Path]:
@@ -134,10 +128,12 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         (tmp / "SOURCE").write_text(f"{gguf.resolve()}\n")
 
 
-def resolve_model(spec: str | os.PathLike | None = None) -> Path:
-    """Return a local HF model directory for an alias, a `.gguf` file or a directory.
+def resolve_model(spec: str | os.PathLike | None = None, *, config_only: bool = False) -> Path:
+    """Return a local HF model directory for an alias, a local path (`.gguf` file or directory) or a
+    Hub id (`org/name[@revision]`), tried in that order.
 
-    GGUF files are converted on first use and cached under ``$LORAKIT_HOME/models``.
+    GGUF files are converted on first use and cached under ``$LORAKIT_HOME/models``. A Hub id is
+    fetched into the Hugging Face cache; with `config_only` only its config.json (for the planner).
     """
     spec = str(spec or DEFAULT_MODEL)
     if spec.lower() in ALIASES:
@@ -145,9 +141,13 @@ def resolve_model(spec: str | os.PathLike | None = None) -> Path:
     else:
         path = Path(spec).expanduser()
         if not path.exists():
+            hub = parse_hub_id(spec)
+            if hub is not None:
+                return hub_snapshot(*hub, config_only=config_only)
             known = ", ".join(sorted(ALIASES))
             raise ModelNotFoundError(
-                f"model '{spec}' not found: pass a Hugging Face model directory, a .gguf file, or one of: {known}"
+                f"model '{spec}' not found: pass a Hugging Face model directory, a .gguf file, a Hub id "
+                f"(org/name or org/name@revision), or one of: {known}"
             )
     if path.is_file():
         if path.suffix != ".gguf":

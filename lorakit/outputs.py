@@ -36,7 +36,9 @@ def relation(out: str | os.PathLike, other: str | os.PathLike) -> str | None:
 
 
 def model_path(spec: str | os.PathLike | None) -> Path | None:
-    """The file or folder a `--model` value names; None for an alias (its files are in a cache root)."""
+    """The local file or folder a `--model` value names; None for an alias, and for a Hub id
+    (`org/name`) that is not a local path: their files are in a cache root, which `check_output`
+    protects in any case."""
     from lorakit.models import ALIASES
 
     if spec is None or str(spec).lower() in ALIASES:

@@ -56,6 +56,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `lorakit inspect` to the top-level parser."""
     p = sub.add_parser("inspect", help="show a model's architecture and what an adapter would train")
-    p.add_argument("--model", default=None, help="HF directory, .gguf file or alias (default: smollm2-135m-instruct)")
+    p.add_argument("--model", default=None, help="HF directory, .gguf file, alias or Hub id org/name[@revision] (default: smollm2-135m-instruct)")
     add_lora_args(p)
     p.set_defaults(func=cmd_inspect)

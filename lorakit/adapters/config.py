@@ -74,12 +74,15 @@ class LoraConfig:
         """Plain dict of the fields (for the resolved config written next to outputs)."""
         return asdict(self)
 
-    def to_peft(self, resolved_targets: list[str], base_model: str | None, task_type: str | None) -> dict[str, Any]:
-        """The `adapter_config.json` dict PEFT reads (only keys PEFT knows)."""
+    def to_peft(self, resolved_targets: list[str], base_model: str | None, task_type: str | None,
+                revision: str | None = None) -> dict[str, Any]:
+        """The `adapter_config.json` dict PEFT reads (only keys PEFT knows); `revision`: the base's Hub
+        revision when it came from the Hub at one (PEFT loads that revision of the base)."""
         return {
             "peft_type": "LORA",
             "task_type": task_type,
             "base_model_name_or_path": base_model,
+            "revision": revision,
             "r": self.r,
             "lora_alpha": self.alpha,
             "lora_dropout": self.dropout,

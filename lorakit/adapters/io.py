@@ -89,13 +89,13 @@ def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, tor
 
 
 def save_adapter(model: nn.Module, out_dir: str | os.PathLike, name: str = "default",
-                 base_model_name_or_path: str | None = None) -> Path:
+                 base_model_name_or_path: str | None = None, revision: str | None = None) -> Path:
     """Write adapter `name` as PEFT files into `out_dir` (each file replaced atomically)."""
     out = Path(out_dir)
     info = adapters(model).get(name)
     state = adapter_state_dict(model, name)
     base = base_model_name_or_path or getattr(getattr(model, "config", None), "name_or_path", None) or None
-    config = info.config.to_peft(_saved_targets(model, info), base, task_type(model))
+    config = info.config.to_peft(_saved_targets(model, info), base, task_type(model), revision)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".adapter-tmp-", dir=out))
     try:

@@ -45,7 +45,8 @@ class ArchFacts:
 
 
 def load_config(spec):
-    """A transformers config from a config object, a config.json path, or a model spec/alias."""
+    """A transformers config from a config object, a config.json path, or a model spec/alias (a Hub
+    id fetches its config.json only)."""
     from transformers import AutoConfig, PretrainedConfig
 
     if isinstance(spec, PretrainedConfig):
@@ -58,7 +59,7 @@ def load_config(spec):
         return AutoConfig.for_model(**data)
     from lorakit.models import resolve_model
 
-    return AutoConfig.from_pretrained(str(resolve_model(spec)))
+    return AutoConfig.from_pretrained(str(resolve_model(spec, config_only=True)))
 
 
 def _intermediate(config) -> int:

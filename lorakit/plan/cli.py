@@ -40,7 +40,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `lorakit plan` to the top-level parser."""
     p = one_line_errors(sub.add_parser("plan", help="predict peak training memory and check it against this machine"))
-    p.add_argument("--model", default=None, help="model alias, HF directory, .gguf, or a config.json (default: SmolLM2-135M)")
+    p.add_argument("--model", default=None, help="model alias, HF directory, .gguf, Hub id org/name[@revision] (fetches config.json only), or a config.json (default: SmolLM2-135M)")
     p.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
     p.add_argument("--batch-size", type=positive_int, default=1)
     p.add_argument("--seq-len", type=positive_int, default=512)
