@@ -15,7 +15,7 @@ as PEFT files), the same requests in every scenario, each generating exactly --t
            returned (counted from the load's start) beside one on an adapter loaded before
 
 Usage: .venv/bin/python bench/serve_throughput.py [--requests 16] [--tokens 48] [--repeat 2] [--loads 3]
-       [--precision fp32|bf16]
+       [--precision auto|fp32|bf16]
 """
 
 from __future__ import annotations
@@ -152,13 +152,13 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2, help="runs per scenario; the best is reported")
     ap.add_argument("--loads", type=int, default=3, help="hot loads during the hot-load run")
     ap.add_argument("--threads", type=int, default=None, help="engine worker threads (default: Engine's choice)")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                    help="bf16: base weights and KV cache in bf16, adapters fp32 (`--precision bf16` of `lorakit "
-                         "serve`); the baseline runs on the same bf16 model")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="`lorakit serve --precision` (default auto, as serve's): bf16 holds base weights and KV "
+                         "cache in bf16, adapters fp32; the baseline runs on the same model")
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model, tok = load_model()
-    hold_base_in(model, args.precision)  # as `lorakit serve` does, before the adapters (fp32 factors) load
+    args.precision = hold_base_in(model, args.precision)  # as `lorakit serve` does, before the adapters load
     with tempfile.TemporaryDirectory() as tmp:
         names = make_adapters(model, Path(tmp), args.adapters, args.rank)
         prompts = [encode_chat(tok, [{"role": "user", "content": f"Write a short poem about {TOPICS[i % len(TOPICS)]}."}])

@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/train_throughput.py --steps 50                 # (a) B=4 x 256, fixed length
     .venv/bin/python bench/train_throughput.py --case dataset --data DIR  # (b) real prepared dataset
+
+With no lorakit flags, lorakit runs as `lorakit train` does with none: precision, packing and
+completion-only loss at their `auto` defaults, resolved on this machine and this data.
     .venv/bin/python bench/train_throughput.py --steps 50 --precision bf16 --compile   # lorakit's fastest
     .venv/bin/python bench/train_throughput.py --steps 50 --precision bf16 --compile --peft-precision bf16
     .venv/bin/python bench/train_throughput.py --steps 12 --model smollm2-135m-instruct,gemma3-270m
@@ -18,7 +21,8 @@ as their user runs them (fp32, or bf16 autocast as the HF Trainer's ``bf16=True`
 system: the median step's tokens/s after two warm-up steps, the loss after the last step and the
 process's peak RSS (VmHWM, `lorakit.runtime.memory.peak_rss_mb`); the load average before and
 after tells whether the machine was quiet. (b) counts only labelled tokens: lorakit packs samples
-into 512-token rows, PEFT pads each batch of 4 samples to its longest; both use completion-only loss.
+into 512-token rows where its packing default (or --packing) says so, PEFT pads each batch of 4
+samples to its longest; both use lorakit's completion-only loss setting.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from lorakit.runtime.memory import lean_malloc, release_free_heap  # noqa: E402
 from lorakit.data.schema import Sample  # noqa: E402
 from lorakit.train.batches import Batches, load_samples, padded_batch  # noqa: E402
 from lorakit.train.config import TrainConfig  # noqa: E402
+from lorakit.train.defaults import resolve_data_defaults  # noqa: E402
 from lorakit.train.loss import IGNORE  # noqa: E402
 from lorakit.runtime.precision import autocast  # noqa: E402
 from lorakit.runtime.memory import peak_rss_mb  # noqa: E402
@@ -79,30 +84,35 @@ def fixed_batches(n_steps: int, batch: int, seq: int, data: str | None, tokenize
     return out
 
 
-def dataset_batches(n_steps: int, data: str, tokenizer, pad_id: int):
-    """(b): lorakit gets packed rows, PEFT padded batches of 4 samples, over the same sample order
-    (the dataset's token ids are its preparing tokenizer's: only for the model it was prepared for)."""
+def dataset_batches(n_steps: int, data: str, tokenizer, pad_id: int, packing: bool | None, mask_prompt: bool | None):
+    """(b): lorakit's batches as `lorakit train` builds them (its packing and completion-only loss,
+    `auto` resolved from the data as the trainer does), PEFT padded batches of 4 samples with the same
+    loss mask, over the same sample order (the dataset's token ids are its preparing tokenizer's:
+    only for the model it was prepared for). Also returns the resolved settings."""
     samples, _ = load_samples(Path(data) / "train.jsonl", max_seq_len=512)
-    packed = Batches(samples, 4, seed=0, pad_id=pad_id, packing=True, row_len=512, mask_prompt=True)
-    padded = Batches(samples, 4, seed=0, pad_id=pad_id, packing=False, mask_prompt=True)
-    return [next(packed) for _ in range(n_steps)], [next(padded) for _ in range(n_steps)]
+    cfg, _ = resolve_data_defaults(TrainConfig(max_seq_len=512, packing=packing, mask_prompt=mask_prompt), samples)
+    ours = Batches(samples, 4, seed=0, pad_id=pad_id, packing=cfg.packing, row_len=512, mask_prompt=cfg.mask_prompt)
+    padded = Batches(samples, 4, seed=0, pad_id=pad_id, packing=False, mask_prompt=cfg.mask_prompt)
+    settings = {"packing": cfg.packing, "mask_prompt": cfg.mask_prompt}
+    return [next(ours) for _ in range(n_steps)], [next(padded) for _ in range(n_steps)], settings
 
 
-def build(system: str, model_spec: str, adapter_dir: Path, precision: str = "fp32", release_memory: bool = False,
+def build(system: str, model_spec: str, adapter_dir: Path, precision: str | None = None, release_memory: bool = False,
           attention: str | None = None, **speed):
     """(model, step) for `system`, set up as it would train.
 
     lorakit: exactly as `lorakit train` does (`run.speed_plan`, `apply_speed_plan`, `run.training_loss`), `speed` being its
     --fuse / --lean-memory / --compile settings (default: the trainer's), `release_memory` its
-    --release-memory, `attention` its --attention. Both systems: `precision` "bf16" runs the forward
-    and loss under bf16 autocast (for PEFT + transformers, what the HF Trainer's ``bf16=True`` does).
+    --release-memory, `attention` its --attention, `precision` its --precision (None: the trainer's
+    default). PEFT: `precision` "bf16" runs the forward and loss under bf16 autocast (what the HF
+    Trainer's ``bf16=True`` does).
     """
     cpu = torch.device("cpu")
     if system == "lorakit":
         from lorakit.adapters import load_adapter
 
-        cfg = TrainConfig(model=model_spec, precision=precision, attention=attention, release_memory=release_memory,
-                          **speed)
+        given = {"precision": precision} if precision is not None else {}
+        cfg = TrainConfig(model=model_spec, attention=attention, release_memory=release_memory, **given, **speed)
         if release_memory:
             lean_malloc()  # before loading, as the trainer does
         model, _ = load_model(model_spec)
@@ -163,11 +173,13 @@ def worker(system: str, model_spec: str, args: argparse.Namespace, adapter_dir: 
     from lorakit.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_spec)
+    data_settings = {}
     if args.case == "fixed":
         batches = fixed_batches(args.steps, 4, 256, args.data, tokenizer)
     else:
-        packed, padded = dataset_batches(args.steps, args.data, tokenizer, tokenizer.pad_token_id or 0)
-        batches = packed if system == "lorakit" else with_padding_mask(padded)
+        ours, padded, data_settings = dataset_batches(args.steps, args.data, tokenizer, tokenizer.pad_token_id or 0,
+                                                      args.packing, args.mask_prompt)
+        batches = ours if system == "lorakit" else with_padding_mask(padded)
     if system == "lorakit":
         model, step = build(system, model_spec, adapter_dir, args.precision, args.release_memory, args.attention,
                             compile=args.compile, fuse=args.fuse, lean_memory=args.lean_memory)
@@ -179,7 +191,8 @@ def worker(system: str, model_spec: str, args: argparse.Namespace, adapter_dir: 
         loss, n = step(b)
         rows.append((time.perf_counter() - start, n, loss))
     return {"system": system, "steps": rows, "peak_rss_mb": peak_rss_mb(),
-            "attention": model.config._attn_implementation, "speed_plan": getattr(model, "_bench_speed_plan", None)}
+            "attention": model.config._attn_implementation, "speed_plan": getattr(model, "_bench_speed_plan", None),
+            "data_settings": data_settings}
 
 
 def summarise(run: dict, fpt: float, peak: float) -> dict:
@@ -208,12 +221,12 @@ def run_model(model_spec: str, args: argparse.Namespace, peak: float, peak_bf16:
         runs[system] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{model_spec} {system}: " + " ".join(f"{n / t:.0f}" for t, n, _ in runs[system]["steps"]) + " tok/s",
               flush=True)
-    settings = {"lorakit": {"precision": args.precision, "compile": args.compile, "release_memory": args.release_memory,
+    settings = {"lorakit": {"precision": args.precision or "default (auto)", "compile": args.compile, "release_memory": args.release_memory,
                             "fuse": args.fuse, "lean_memory": args.lean_memory},
                 "peft": {"precision": args.peft_precision}}
     result = {"model": model_spec, "params": params, "flops_per_token": fpt,
               **{name: {**settings[name], "attention": run["attention"], "speed_plan": run.get("speed_plan"),
-                        **summarise(run, fpt, peak)} for name, run in runs.items()},
+                        **run.get("data_settings", {}), **summarise(run, fpt, peak)} for name, run in runs.items()},
               "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     if not args.only:
         result["speedup"] = round(result["lorakit"]["tokens_per_s"] / result["peft"]["tokens_per_s"], 2)
@@ -232,7 +245,12 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="prepared dataset dir (required for --case dataset)")
     ap.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout of the adapter both systems train")
     ap.add_argument("--compile", action="store_true", help="lorakit runs as `lorakit train --compile`")
-    ap.add_argument("--precision", choices=["fp32", "bf16", "int8", "auto"], default="fp32", help="lorakit's --precision")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "int8", "auto"], default=None,
+                    help="lorakit's --precision (default: the trainer's, auto)")
+    ap.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
+                    help="(b) lorakit's --packing (default: the trainer's auto, decided from the data)")
+    ap.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=None,
+                    help="(b) lorakit's --mask-prompt (default: the trainer's auto); PEFT gets the same loss mask")
     ap.add_argument("--release-memory", action="store_true", help="lorakit runs with --release-memory")
     ap.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True, help="lorakit's --fuse")
     ap.add_argument("--lean-memory", action=argparse.BooleanOptionalAction, default=True,

@@ -85,8 +85,9 @@ def run_demo(corpus: str | None, out: str | os.PathLike, *, minutes: float = 12.
         print(f"      + the base's own answers to {record['prompts']} everyday requests, "
               f"{record['actual_share']:.0%} of train tokens (replay: keeps general behaviour)")
 
+    # no speed settings: the trainer's defaults (precision, packing, completion-only loss: auto) decide
     base = dict(model=model, data=str(data), rank=rank, batch_size=batch_size, max_seq_len=seq_len,
-                packing=True, mask_prompt=True, lr=3e-4, warmup=10, eval_batches=10, seed=0)
+                lr=3e-4, warmup=10, eval_batches=10, seed=0)
     probe = out / "probe"
     run_training(TrainConfig(**base, out=str(probe), max_steps=6, progress=False, save_every=0), replace=True)
     times = [r["step_time"] for r in read_metrics(probe / "metrics.jsonl") if "step_time" in r]

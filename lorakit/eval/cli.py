@@ -9,7 +9,7 @@ from lorakit.argtypes import nonneg_float, one_line_errors, positive_float, posi
 from lorakit.errors import LorakitError
 from lorakit.runtime.precision import INFER_PRECISIONS, PRECISIONS
 
-MODEL_HELP = "HF model directory, .gguf file or alias (default: smollm2-135m-instruct)"
+MODEL_HELP = "HF model directory, .gguf file, alias or Hub id org/name[@revision] (default: smollm2-135m-instruct)"
 
 
 def parse_adapters(specs: list[str]) -> dict[str, str]:
@@ -44,10 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--temperature", type=nonneg_float, default=0.7, help="sampling temperature of generations (0: greedy)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: physical cores)")
-    e.add_argument("--precision", choices=INFER_PRECISIONS, default="fp32",
+    e.add_argument("--precision", choices=INFER_PRECISIONS, default="auto",
                    help="bf16: the base in bf16 (adapters and the loss's softmax stay fp32) where the CPU runs bf16 "
                         "natively, faster there (bench/RESULTS_eval.md); perplexities move by bf16 rounding. "
-                        "auto measures. Default fp32")
+                        "Default auto: bf16 where a probe, measured once per machine, finds it native, else fp32")
     e.set_defaults(func=cmd_eval)
 
     c = one_line_errors(sub.add_parser(
@@ -66,8 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--max-eval-tokens", type=positive_int, default=1000, help="scored test tokens per book (default 1000)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: physical cores)")
-    c.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="what every method trains in, as train's --precision (held-out perplexity stays fp32)")
+    c.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="what every method trains in, as train's --precision (held-out perplexity stays fp32). "
+                        "Default auto")
     c.set_defaults(func=cmd_compare)
 
     m = one_line_errors(sub.add_parser(

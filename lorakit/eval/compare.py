@@ -50,7 +50,7 @@ STARTUP_SECONDS = 6.0  # a fresh Python importing torch + transformers, before a
 
 
 def train_settings(m: Method, model_spec: str | None, data_dir: str, out: Path, steps: int, batch_size: int,
-                   max_seq_len: int, seed: int, threads: int | None, precision: str = "fp32") -> dict:
+                   max_seq_len: int, seed: int, threads: int | None, precision: str = "auto") -> dict:
     """TrainConfig fields for method `m` (everything but the method, rank and lr is shared)."""
     return {"model": model_spec, "data": str(data_dir), "out": str(out), "method": m.method, "rank": m.rank,
             "lr": m.lr, "max_steps": steps, "batch_size": batch_size, "max_seq_len": max_seq_len,
@@ -104,7 +104,7 @@ def run_worker(spec: dict, run_dir: Path) -> dict:
 def run_compare(model_spec: str | None, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                 budget_minutes: float | None = 10.0, steps: int | None = None, methods: tuple[Method, ...] = METHODS,
                 batch_size: int = 4, max_seq_len: int = 256, max_eval_tokens: int = 1000, seed: int = 0,
-                threads: int | None = None, precision: str = "fp32") -> dict:
+                threads: int | None = None, precision: str = "auto") -> dict:
     """Train every method on the same data for the same steps; writes OUT/compare.json and compare.html.
 
     `precision`: every method trains in it (`lorakit train --precision`); held-out perplexity is fp32.

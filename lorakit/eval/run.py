@@ -36,7 +36,7 @@ def run_eval(model_spec: str | None, adapters: dict[str, str | os.PathLike], dat
              out_dir: str | os.PathLike, *, max_eval_tokens: int = 2500, n_style_prompts: int = 6,
              max_new_tokens: int = 128, drift_tokens: int = 48, temperature: float = 0.7,
              corpus_chars: int = 300_000, seed: int = 0, threads: int | None = None,
-             precision: str = "fp32") -> dict:
+             precision: str = "auto") -> dict:
     """Evaluate the base model and each adapter; writes OUT/report.json and OUT/report.html.
 
     adapters: name -> adapter directory. max_eval_tokens: scored test tokens per book. precision:

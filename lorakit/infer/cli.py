@@ -36,10 +36,11 @@ def _quantize_arg(p: argparse.ArgumentParser) -> None:
 def _precision_arg(p: argparse.ArgumentParser) -> None:
     from lorakit.runtime.precision import INFER_PRECISIONS
 
-    p.add_argument("--precision", default="fp32", choices=INFER_PRECISIONS,
+    p.add_argument("--precision", default="auto", choices=INFER_PRECISIONS,
                    help="bf16: the base's weights and KV cache in bf16 (adapters stay fp32), for CPUs that run "
                         "bf16 natively (AVX512-BF16, AMX), where it is faster than fp32; on an AVX2-only CPU it "
-                        "is far slower (figures in bench/RESULTS_serve.md). auto measures and picks. Default fp32")
+                        "is far slower (figures in bench/RESULTS_serve.md). Default auto: bf16 where a probe, "
+                        "measured once per machine, finds it native, else fp32")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
               "seconds to finish, then are cancelled. A client that disconnects cancels its request.")
     s = one_line_errors(sub.add_parser("serve", help="OpenAI-compatible server: one base model, many hot-swappable "
                                         "adapters", description=limits))
-    s.add_argument("--model", default=None, help="HF model directory, .gguf file or alias (default: smollm2-135m-instruct)")
+    s.add_argument("--model", default=None, help="HF model directory, .gguf file, alias or Hub id org/name[@revision] (default: smollm2-135m-instruct)")
     s.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH", help="adapter to load at start (repeat)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int_at_least(1, 65535), default=8000)
@@ -76,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     g = one_line_errors(sub.add_parser("generate",
                                         help="stream a model's answer (or several adapters' answers) to one prompt"))
-    g.add_argument("--model", default=None, help="HF model directory, .gguf file or alias (default: smollm2-135m-instruct)")
+    g.add_argument("--model", default=None, help="HF model directory, .gguf file, alias or Hub id org/name[@revision] (default: smollm2-135m-instruct)")
     g.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH",
                    help="adapter directory; give it twice (with names) to compare answers")
     g.add_argument("--base", action="store_true", help="also show the base model's answer")
@@ -96,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=generate)
 
 
-def _load(model_spec, adapter_specs, quantize: str | None = None, precision: str = "fp32"):
+def _load(model_spec, adapter_specs, quantize: str | None = None, precision: str = "auto"):
     """Base model (quantized if asked, see `load_base_model`; in bf16 if asked) with the named
     adapters loaded (their factors fp32 either way)."""
     from lorakit.adapters import load_adapter
@@ -119,11 +120,15 @@ def _load(model_spec, adapter_specs, quantize: str | None = None, precision: str
 
 
 def base_model_name(spec) -> str:
-    """The `model` value that selects the base: the alias, or the directory's (or .gguf file's) name."""
+    """The `model` value that selects the base: the alias, the Hub id, or the directory's (or .gguf file's) name."""
     from lorakit.models import DEFAULT_MODEL
 
     if spec is None:
         return DEFAULT_MODEL
+    from lorakit.hub import parse_hub_id
+
+    if not Path(str(spec)).exists() and parse_hub_id(str(spec)):
+        return str(spec)  # a Hub id is its own name, as vLLM serves it
     path = Path(str(spec).rstrip("/"))
     return path.stem if path.suffix == ".gguf" else path.name or str(spec)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lorakit.argtypes import one_line_errors
-from lorakit.train.config import TrainConfig
+from lorakit.train.config import AUTO_SWITCHES, TrainConfig
 
 SHORT = {"model": ["-m"], "rank": ["-r"]}
 
@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "resume":
             p.add_argument(flag, nargs="?", const="auto", default=argparse.SUPPRESS,
                            help=f"{help_text} (bare --resume: 'auto')")
+        elif name in AUTO_SWITCHES:
+            p.add_argument(*names, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=f"{help_text} (the run's log says what auto chose)")
         elif isinstance(default, bool):
             p.add_argument(*names, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=f"{help_text} (default: {default})")
@@ -38,10 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from lorakit.train.defaults import Choice
     from lorakit.train.run import run_training
 
     given = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command", "verbose")}
     cfg = TrainConfig.resolve(args.config, given)
     summary = run_training(cfg)
     print(f"trained {summary['steps']} steps on {summary['tokens']:,} tokens; output in {cfg.out}")
+    for choice in summary["defaults"]:  # what each setting left at auto chose, and how to say otherwise
+        print(f"  default {Choice(**choice).format()}")
     return 0

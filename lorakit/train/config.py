@@ -34,6 +34,8 @@ NUMBERS: dict[str, tuple[type, float | str, float | None]] = {
     "dropout": (float, 0, 1.0), "weight_decay": (float, 0, None), "max_grad_norm": (float, 0, None),
 }
 OPTIONAL = ("max_steps", "threads", "alpha")
+# on/off settings whose default, None ("auto"), `lorakit.train.defaults` decides from the data
+AUTO_SWITCHES = ("packing", "mask_prompt")
 
 
 def _check_number(name: str, value: Any, kind: type, low: float | str, high: float | None) -> None:
@@ -99,6 +101,8 @@ def _yaml_type_problem(name: str, value: Any, default: Any) -> str | None:
         kind = NUMBERS[name][0]
         ok = isinstance(value, int) if kind is int else isinstance(value, (int, float))
         return None if ok and not isinstance(value, bool) else f"must be {'an integer' if kind is int else 'a number'}"
+    if name in AUTO_SWITCHES:
+        return None if value is None or isinstance(value, bool) or value == "auto" else "must be true, false or auto"
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "must be true or false"
     if isinstance(default, int):
@@ -148,7 +152,7 @@ def _f(default: Any, help: str, **kw) -> Any:
 class TrainConfig:
     """Settings of one training run (names follow mlx-lm and Axolotl where they have one)."""
 
-    model: str | None = _f(None, "HF directory, .gguf file or alias (default smollm2-135m-instruct)")
+    model: str | None = _f(None, "HF directory, .gguf file, alias or Hub id org/name[@revision] (default smollm2-135m-instruct)")
     data: str | None = _f(None, "dataset directory with train.jsonl (and valid.jsonl) from `lorakit data prepare`")
     out: str | None = _f(None, "output directory: adapter, checkpoints, metrics.jsonl, loss.png")
     method: str = _f("lora", "lora | dora | full (all weights) | head (output head only) | qlora (4-bit base)")
@@ -168,8 +172,10 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "clip the global gradient norm to this (0: no clipping)")
     max_seq_len: int = _f(512, "longer samples are truncated (counted), or refused with --strict")
     strict: bool = _f(False, "refuse samples longer than --max-seq-len instead of truncating")
-    packing: bool = _f(False, "pack several samples per row without cross-attention (no padding waste)")
-    mask_prompt: bool = _f(False, "completion-only loss: prompt tokens are not predicted")
+    packing: bool | None = _f(None, "pack several samples per row without cross-attention (no padding waste). "
+                                    "Default auto: on when it cuts the rows computed by a tenth or more")
+    mask_prompt: bool | None = _f(None, "completion-only loss: prompt tokens are not predicted. Default auto: on "
+                                        "when the samples have prompts (prompt/completion or chat data)")
     grad_checkpoint: bool = _f(False, "recompute each layer's activations in backward: less memory, one more "
                                       "forward pass of compute")
     loss_chunk: int = _f(1024, "tokens per chunk of the memory-lean cross-entropy")
@@ -192,11 +198,12 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile each decoder layer (replaces --fuse and --lean-memory, whose "
                               "Python-side caching breaks the graphs); a longer first step; pays most with "
                               "--precision bf16 (bench/RESULTS.md)")
-    precision: str = _f("fp32", "fp32 | bf16 | int8 | auto: bf16 mixed precision (bf16 GEMMs; adapter weights, "
+    precision: str = _f("auto", "fp32 | bf16 | int8 | auto: bf16 mixed precision (bf16 GEMMs; adapter weights, "
                                 "optimizer and loss in fp32) is several times faster where the chip runs bf16 "
                                 "natively (AVX512-BF16/AMX, recent GPUs) and far slower where it does not; int8 "
                                 "(CPU; lora, dora, head) runs the frozen projections' GEMMs in int8 with "
-                                "per-token scales, for CPUs without native bf16 (AVX2); auto measures and picks")
+                                "per-token scales, for CPUs without native bf16 (AVX2); auto (the default) picks bf16 where a "
+                                "probe, measured once per machine, finds it native, else fp32")
     attention: str | None = _f(None, "attention implementation: transformers' (eager, sdpa, ...) or "
                                      "eager_recompute (eager's values, its T x T probabilities recomputed in "
                                      "backward, not kept). Default: eager_recompute for --compile with bf16 on a "
@@ -208,6 +215,12 @@ class TrainConfig:
         if self.method not in METHODS:
             raise LorakitError(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
         check_precision(self.precision)
+        for name in AUTO_SWITCHES:
+            value = getattr(self, name)
+            if value == "auto":
+                setattr(self, name, None)
+            elif value is not None and not isinstance(value, bool):
+                raise LorakitError(f"--{name.replace('_', '-')} is on or off (or auto), got {short_repr(value)}")
         if self.schedule not in SCHEDULES:
             raise LorakitError(f"--schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
         for name, (kind, low, high) in NUMBERS.items():

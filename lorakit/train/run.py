@@ -14,6 +14,8 @@ from torch import nn
 
 from lorakit.adapters import save_adapter
 from lorakit.errors import LorakitError
+from lorakit.hub import base_model_fields
+from lorakit.models import DEFAULT_MODEL
 from lorakit.outputs import check_output, model_path
 from lorakit.plan.speed import SpeedPlan, resolve_speed
 from lorakit.runtime.device import resolve_device, set_threads
@@ -23,6 +25,7 @@ from lorakit.train import distributed
 from lorakit.train.batches import Batches, load_samples
 from lorakit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lorakit.train.config import TrainConfig
+from lorakit.train.defaults import precision_choice, resolve_data_defaults
 from lorakit.train.loop import Hooks, LoopState, train_loop
 from lorakit.train.methods import prepare_model
 from lorakit.train.objective import causal_lm_loss, evaluate
@@ -92,7 +95,7 @@ def save_final(model: nn.Module, tokenizer, cfg: TrainConfig, out: Path) -> None
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
     else:
-        save_adapter(model, out, base_model_name_or_path=str(cfg.model or "smollm2-135m-instruct"))
+        save_adapter(model, out, **base_model_fields(str(cfg.model or DEFAULT_MODEL)))
 
 
 def speed_plan(cfg: TrainConfig, model: nn.Module, device: torch.device) -> SpeedPlan:
@@ -129,6 +132,11 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
     if dist.rank == 0:
         _precision_hint(cfg.precision, precision, device)
     train, valid, data_stats = load_data(cfg, tokenizer)
+    asked = cfg
+    cfg, choices = resolve_data_defaults(cfg, train)  # packing, mask_prompt: auto -> on/off, from the data
+    choices = [c for c in [precision_choice(asked.precision, precision), *choices] if c is not None]
+    if dist.rank == 0 and choices:
+        log.info("defaults chosen here:\n%s", "\n".join(f"  {c.format()}" for c in choices))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = Batches(train, cfg.batch_size, seed=cfg.seed, pad_id=pad_id, packing=cfg.packing,
                       row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt, rank=dist.rank, world=dist.world)
@@ -143,7 +151,7 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
     scheduler = make_scheduler(optimizer, cfg.schedule, cfg.warmup, max_steps)
 
     # the resolved precision: `auto` means fp32 on one chip and bf16 on another
-    fingerprint = {**cfg.to_dict(), "model": str(cfg.model or "smollm2-135m-instruct"), "precision": precision}
+    fingerprint = {**cfg.to_dict(), "model": str(cfg.model or DEFAULT_MODEL), "precision": precision}
     state = LoopState()
     metrics = MetricsLog(out / "metrics.jsonl", cfg.log_every)
     ckpt_root = out / "checkpoints"
@@ -177,7 +185,7 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
 
     def do_save_best(step: int) -> None:
         if dist.rank == 0 and cfg.method not in ("full", "head"):
-            save_adapter(model, out / "best", base_model_name_or_path=fingerprint["model"])
+            save_adapter(model, out / "best", **base_model_fields(fingerprint["model"]))
 
     hooks = Hooks(evaluate=do_evaluate if valid else None, save=do_save, save_best=do_save_best,
                   all_reduce=dist.all_reduce)
@@ -195,7 +203,7 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
     summary = {"steps": state.step, "tokens": state.tokens, "best_eval_loss": state.best_eval, "threads": threads,
                "device": str(device), "precision": precision,
                "attention": model.config._attn_implementation, "world_size": dist.world,
-               "speed_plan": plan.to_dict(), **data_stats}
+               "speed_plan": plan.to_dict(), "defaults": [c.to_dict() for c in choices], **data_stats}
     undo_speed()
     if dist.rank == 0:
         save_final(model, tokenizer, cfg, out)
@@ -207,7 +215,8 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
 
 def _precision_hint(asked: str, precision: str, device: torch.device) -> None:
     """Say which precision runs, and when fp32 was asked for on a chip where bf16 is native."""
-    log.info("precision: %s%s", precision, " (auto)" if asked == "auto" else "")
+    if asked != "auto":  # auto's choice is logged with the other defaults
+        log.info("precision: %s", precision)
     if precision == "fp32" and asked == "fp32" and device.type == "cpu" and native_bf16("cpu"):
         log.info("this CPU runs bf16 matmuls natively: --precision bf16 trains faster "
                  "(adapter, optimizer and loss stay fp32)")
@@ -217,7 +226,6 @@ def _print_plan(cfg: TrainConfig, rank: int, plan: SpeedPlan) -> None:
     """Predicted peak memory before starting, with a warning when it will not fit."""
     if rank != 0 or cfg.method == "head":
         return
-    from lorakit.models import DEFAULT_MODEL
     from lorakit.plan import estimate
 
     method = {"dora": "lora"}.get(cfg.method, cfg.method)

@@ -1,0 +1,86 @@
+"""The settings `lorakit train` decides from the data when the user leaves them at ``auto``.
+
+Fast by default: a user who gives no speed flag gets the fastest run that trains the same thing.
+- ``packing``: on when packing the training samples into ``--max-seq-len`` rows cuts the rows a
+  batch computes by a tenth or more; samples never attend to each other in a row
+  (`lorakit.train.batches`), so only the padding computed is saved, not what is learned.
+- ``mask_prompt`` (completion-only loss): on when the samples have a prompt (prompt/completion or
+  chat data), so the adapter learns the answers, not to echo the instructions; plain text has none.
+`precision` ``auto`` is resolved by the speed plan (`lorakit.plan.speed`); `describe` words all
+three for the run's log and ``summary.json``, each with the flag that turns it off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from lorakit.data.schema import Sample
+from lorakit.train.batches import packed_rows
+from lorakit.train.config import TrainConfig
+
+PACKING_PROBE = 4096  # samples the packing decision looks at (first-fit is quadratic in the rows)
+PACKING_GAIN = 0.9  # pack when it leaves at most this share of the rows: below a tenth fewer, padding
+# costs little and packing's block-diagonal attention mask is not worth building
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What one ``auto`` setting resolved to, why, and the flag that says otherwise."""
+
+    setting: str
+    value: object
+    why: str
+    flag: str = ""  # empty where no flag would change anything
+
+    def format(self) -> str:
+        return f"{self.setting}: {self.value} ({self.why}{'; ' + self.flag if self.flag else ''})"
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def packing_rows(samples: list[Sample], row_len: int) -> tuple[int, int]:
+    """(samples, packed rows) over the first `PACKING_PROBE` samples in file order."""
+    probe = samples[:PACKING_PROBE]
+    return len(probe), len(packed_rows(probe, row_len))
+
+
+def choose_packing(samples: list[Sample], row_len: int) -> Choice:
+    """Pack when it cuts the rows by a tenth or more (`PACKING_GAIN`)."""
+    n, rows = packing_rows(samples, row_len)
+    on = rows <= PACKING_GAIN * n
+    why = f"{n} samples fit in {rows} rows of {row_len} tokens"
+    return Choice("packing", on, why, "--no-packing to turn off" if on else "--packing to force")
+
+
+def choose_mask_prompt(samples: list[Sample]) -> Choice:
+    """Completion-only loss when any sample has a prompt."""
+    prompted = sum(1 for s in samples if s.prompt_len > 0)
+    if prompted:
+        return Choice("mask_prompt", True, f"{prompted} of {len(samples)} samples have a prompt: loss on "
+                      "completions only", "--no-mask-prompt for loss on every token")
+    return Choice("mask_prompt", False, "no sample has a prompt (plain text): nothing to mask")
+
+
+def resolve_data_defaults(cfg: TrainConfig, samples: list[Sample]) -> tuple[TrainConfig, list[Choice]]:
+    """`cfg` with ``packing`` and ``mask_prompt`` decided from `samples` where they are None (auto), and
+    the choices made (empty when the user set both)."""
+    choices = []
+    if cfg.packing is None:
+        choices.append(choose_packing(samples, cfg.max_seq_len))
+    if cfg.mask_prompt is None:
+        choices.append(choose_mask_prompt(samples))
+    return dataclasses.replace(cfg, **{c.setting: c.value for c in choices}), choices
+
+
+def precision_choice(asked: str, resolved: str) -> Choice | None:
+    """The ``auto`` precision's choice (`lorakit.runtime.precision.resolve_precision`), worded like the
+    others; None when the user named a precision."""
+    if asked != "auto":
+        return None
+    if resolved == "bf16":
+        return Choice("precision", "bf16", "this chip runs bf16 GEMMs natively; adapter, optimizer and loss "
+                      "stay fp32", "--precision fp32 to turn off")
+    return Choice("precision", resolved, "this chip has no native bf16 GEMMs",
+                  "--precision int8 to try int8 GEMMs for the frozen weights")
