@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Callable
+
+import pytest
 
 from lorakit.data.documents import canonical_author
-from lorakit.data.gutenberg import clean_gutenberg
+from lorakit.data.gutenberg import CleanText, clean_gutenberg
 from lorakit.data.prepare import prepare_dataset
 from lorakit.data.readers import read_source
 
@@ -51,19 +54,34 @@ def _manifest(corpus) -> list[dict]:
         return list(csv.DictReader(fh, delimiter="\t"))
 
 
-def test_fifteen_books_keep_their_first_and_last_paragraphs(corpus):
+@pytest.fixture(scope="module")
+def cleaned(corpus) -> Callable[[str], tuple[str, CleanText]]:
+    """`name -> (raw text, clean_gutenberg(raw text))`, each book read and cleaned once for this
+    module: both tests below go through every book, and cleaning is deterministic."""
+    done: dict[str, tuple[str, CleanText]] = {}
+
+    def get(name: str) -> tuple[str, CleanText]:
+        if name not in done:
+            raw = read_source(corpus / name).text
+            done[name] = (raw, clean_gutenberg(raw))
+        return done[name]
+
+    return get
+
+
+def test_fifteen_books_keep_their_first_and_last_paragraphs(cleaned):
     assert len(FIRST_LAST) == 15
     for name, (first, last) in FIRST_LAST.items():
-        raw = read_source(corpus / name).text
-        paras = clean_gutenberg(raw).paras
+        raw, book = cleaned(name)
+        paras = book.paras
         assert paras[0].text == _raw_paragraph(raw, first), name
         assert paras[-1].text == _raw_paragraph(raw[: raw.rindex("END OF")], last, last=True), name
         assert not any("Project Gutenberg" in p.text for p in paras), name
 
 
-def test_metadata_matches_the_manifest(corpus):
+def test_metadata_matches_the_manifest(corpus, cleaned):
     for row in _manifest(corpus):
-        meta = clean_gutenberg(read_source(corpus / row["file"]).text).meta
+        meta = cleaned(row["file"])[1].meta
         assert meta["gutenberg_id"] == int(row["gutenberg_id"]), row["file"]
         assert canonical_author(meta["author"]) == canonical_author(row["author"]), row["file"]
         title = row["title"].lower()

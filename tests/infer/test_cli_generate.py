@@ -65,8 +65,8 @@ def test_serve_command_starts_on_loopback(tiny_dir, adapter_root):
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "lorakit", "serve", "--model", str(tiny_dir), "--port", str(port),
-                             "--adapter", f"first={adapter_root / 'a0'}", "--max-context", "128"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--adapter", f"first={adapter_root / 'a0'}", "--max-context", "128",
+                             "--shutdown-timeout", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -80,6 +80,10 @@ def test_serve_command_starts_on_loopback(tiny_dir, adapter_root):
         assert health.json()["adapters"] == ["first"]
         models = json.loads(get(f"http://127.0.0.1:{port}/v1/models").text)
         assert [m["id"] for m in models["data"]] == [tiny_dir.name, "first"]
+        proc.terminate()  # SIGTERM: serve drains, closes the engine and exits with status 0
+        code = proc.wait(timeout=30)
+        assert code == 0, proc.stdout.read().decode()[-2000:]
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=20)
