@@ -1,9 +1,10 @@
 """The settings `lorakit train` decides from the data when the user leaves them at ``auto``.
 
 Fast by default: a user who gives no speed flag gets the fastest run that trains the same thing.
-- ``packing``: on when packing the training samples into ``--max-seq-len`` rows cuts the rows a
-  batch computes by a tenth or more; samples never attend to each other in a row
-  (`lorakit.train.batches`), so only the padding computed is saved, not what is learned.
+- ``packing``: on when packing the training samples into ``--max-seq-len`` rows needs `PACKING_GAIN`
+  fewer rows or more: fewer padding positions computed, and more tokens per GEMM where samples are
+  short. Samples never attend to each other in a row (`lorakit.train.batches`), so what is learned
+  is the same.
 - ``mask_prompt`` (completion-only loss): on when the samples have a prompt (prompt/completion or
   chat data), so the adapter learns the answers, not to echo the instructions; plain text has none.
 `precision` ``auto`` is resolved by the speed plan (`lorakit.plan.speed`); `describe` words all
@@ -20,8 +21,9 @@ from lorakit.train.batches import packed_rows
 from lorakit.train.config import TrainConfig
 
 PACKING_PROBE = 4096  # samples the packing decision looks at (first-fit is quadratic in the rows)
-PACKING_GAIN = 0.9  # pack when it leaves at most this share of the rows: below a tenth fewer, padding
-# costs little and packing's block-diagonal attention mask is not worth building
+PACKING_GAIN = 0.05  # pack when it needs at least this share fewer rows: below that, packing's
+# block-diagonal attention mask (slower than plain causal attention) can cost what it saves
+# (bench/RESULTS.md, round 7: at a tenth fewer rows, packing trained faster)
 
 
 @dataclass(frozen=True)
@@ -40,17 +42,12 @@ class Choice:
         return dataclasses.asdict(self)
 
 
-def packing_rows(samples: list[Sample], row_len: int) -> tuple[int, int]:
-    """(samples, packed rows) over the first `PACKING_PROBE` samples in file order."""
-    probe = samples[:PACKING_PROBE]
-    return len(probe), len(packed_rows(probe, row_len))
-
-
 def choose_packing(samples: list[Sample], row_len: int) -> Choice:
-    """Pack when it cuts the rows by a tenth or more (`PACKING_GAIN`)."""
-    n, rows = packing_rows(samples, row_len)
-    on = rows <= PACKING_GAIN * n
-    why = f"{n} samples fit in {rows} rows of {row_len} tokens"
+    """Pack when first-fit packing of the first `PACKING_PROBE` samples needs `PACKING_GAIN` fewer rows."""
+    probe = samples[:PACKING_PROBE]
+    rows = len(packed_rows(probe, row_len))
+    on = rows <= (1 - PACKING_GAIN) * len(probe)
+    why = f"{len(probe)} samples fit in {rows} rows of {row_len} tokens"
     return Choice("packing", on, why, "--no-packing to turn off" if on else "--packing to force")
 
 

@@ -29,14 +29,16 @@ def save_tiny_llama(out: Path) -> Path:
     return out
 
 
-def write_dataset(root: Path, n_train: int = 48, n_valid: int = 12, seed: int = 0, max_len: int = 60) -> Path:
-    """train/valid JSONL with random token ids and prompt lengths (the trainer's input schema)."""
+def write_dataset(root: Path, n_train: int = 48, n_valid: int = 12, seed: int = 0, max_len: int = 60,
+                  min_len: int = 8) -> Path:
+    """train/valid JSONL with random token ids (`min_len` to `max_len` of them) and prompt lengths (the
+    trainer's input schema)."""
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("valid", n_valid)):
         with (root / f"{split}.jsonl").open("w") as fh:
             for _ in range(n):
-                length = rng.randint(8, max_len)
+                length = rng.randint(min_len, max_len)
                 ids = [rng.randint(3, 300) for _ in range(length)]
                 fh.write(json.dumps({"input_ids": ids, "prompt_len": rng.randint(0, 5)}) + "\n")
     return root

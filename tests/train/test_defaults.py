@@ -25,20 +25,24 @@ def _samples(lengths, prompt_len=0):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_packing_is_on_exactly_when_it_cuts_the_rows_by_a_tenth(seed):
+def test_packing_is_on_exactly_when_it_needs_enough_fewer_rows(seed):
     rng = random.Random(seed)
     row_len = 128
     top = [16, 64, 120, 128][seed]  # short samples pack well, samples near the row length do not
     samples = _samples(rng.randint(8, top) for _ in range(200))
     choice = choose_packing(samples, row_len)
-    rows = len(packed_rows(samples, row_len))
-    assert choice.value is (rows <= PACKING_GAIN * len(samples))
+    rows = packed_rows(samples, row_len)
+    assert sorted(id(s) for row in rows for s in row) == sorted(id(s) for s in samples)  # each sample once
+    assert all(sum(len(s.ids) for s in row) <= row_len for row in rows)
+    assert choice.value is (len(rows) <= (1 - PACKING_GAIN) * len(samples))
     assert choice.flag == ("--no-packing to turn off" if choice.value else "--packing to force")
 
 
 def test_short_samples_are_packed_and_full_length_ones_are_not():
     assert choose_packing(_samples([20] * 50), 128).value is True
     assert choose_packing(_samples([128] * 50), 128).value is False
+    assert choose_packing(_samples([100, 28] * 25), 128).value is True  # pairs fill a row exactly
+    assert choose_packing(_samples([65] * 50), 128).value is False  # no two fit in a row
 
 
 def test_completion_only_loss_is_on_when_samples_have_prompts():
