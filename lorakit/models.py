@@ -18,7 +18,7 @@ import torch
 
 from lorakit.atomic import atomic_dir
 from lorakit.errors import ModelNotFoundError
-from lorakit.runtime.cache import lorakit_home  # noqa: F401 (lorakit.models.lorakit_home is public)
+from lorakit.runtime.cache import lorakit_home
 from lorakit.hub import hub_cache, hub_snapshot, parse_hub_id
 
 DEFAULT_MODEL = "smollm2-135m-instruct"

@@ -7,8 +7,8 @@ Fast by default: a user who gives no speed flag gets the fastest run that trains
   is the same.
 - ``mask_prompt`` (completion-only loss): on when the samples have a prompt (prompt/completion or
   chat data), so the adapter learns the answers, not to echo the instructions; plain text has none.
-`precision` ``auto`` is resolved by the speed plan (`lorakit.plan.speed`); `describe` words all
-three for the run's log and ``summary.json``, each with the flag that turns it off.
+`precision` ``auto`` is resolved by the speed plan (`lorakit.plan.speed`); `precision_choice` words it
+like the other two (`Choice.format`) for the run's log and ``summary.json``, each with the flag that turns it off.
 """
 
 from __future__ import annotations

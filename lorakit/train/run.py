@@ -132,9 +132,8 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
     if dist.rank == 0:
         _precision_hint(cfg.precision, precision, device)
     train, valid, data_stats = load_data(cfg, tokenizer)
-    asked = cfg
     cfg, choices = resolve_data_defaults(cfg, train)  # packing, mask_prompt: auto -> on/off, from the data
-    choices = [c for c in [precision_choice(asked.precision, precision), *choices] if c is not None]
+    choices = [c for c in [precision_choice(cfg.precision, precision), *choices] if c is not None]
     if dist.rank == 0 and choices:
         log.info("defaults chosen here:\n%s", "\n".join(f"  {c.format()}" for c in choices))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
