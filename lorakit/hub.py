@@ -106,9 +106,13 @@ class _Where:
         return f" at HF_ENDPOINT={self.endpoint}" if os.environ.get("HF_ENDPOINT") else ""
 
 
+def _env_on(name: str) -> bool:
+    """A boolean environment variable as huggingface_hub reads one (1/ON/YES/TRUE, any case)."""
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
 def _where(repo_id: str, revision: str | None) -> _Where:
-    offline = any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-                  for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    offline = _env_on("HF_HUB_OFFLINE") or _env_on("TRANSFORMERS_OFFLINE")
     endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     return _Where(repo_id, revision, endpoint, hub_cache(), offline)
 
@@ -235,7 +239,7 @@ def _progress_on() -> Iterator[None]:
     unless HF_HUB_DISABLE_PROGRESS_BARS says otherwise; the previous state after."""
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    off = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    off = _env_on("HF_HUB_DISABLE_PROGRESS_BARS")
     switch = not off and are_progress_bars_disabled()  # global: the "Fetching N files" bar has no group
     if switch:
         enable_progress_bars()
@@ -259,8 +263,7 @@ def _download(where: _Where, names: list[str]) -> Path:
     except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
         raise _hub_error(where, exc) from None
     except (httpx2.HTTPError, OSError) as exc:  # cut off, consistency check, disk full
-        raise LorakitError(f"downloading '{where.label}' from {where.endpoint} failed ({one_line(exc, 200)}); "
-                           "nothing incomplete is loaded: rerun to retry") from None
+        raise _download_failed(where, one_line(exc, 200)) from None
 
 
 def _not_cached(where: _Where) -> str:
@@ -295,5 +298,9 @@ def _hub_error(where: _Where, exc: Exception) -> LorakitError:
         return ModelNotFoundError(f"the cached copy of '{where.label}' in {folder} is incomplete and the hub "
                                   f"cannot be reached: rerun online to finish the download")
     detail = f"HTTP {status}" if isinstance(exc, HfHubHTTPError) and status else one_line(exc, 200)
+    return _download_failed(where, detail)
+
+
+def _download_failed(where: _Where, detail: str) -> LorakitError:
     return LorakitError(f"downloading '{where.label}' from {where.endpoint} failed ({detail}); nothing incomplete "
                         "is loaded: rerun to retry")
