@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 PYTEST := $(BIN)/python -m pytest -q
 
-.PHONY: setup test test-slow test-all browser demo clean
+.PHONY: setup test test-slow test-all browser llama-cpp demo clean
 
 setup: $(STAMP)
 
@@ -24,15 +24,31 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 # The everyday suite (what CI runs through .ci/run): every test but those marked slow, each of which
 # restates a property a faster test already checks, or is a long run (pyproject.toml: markers).
-test: setup browser
+test: setup browser llama-cpp
 	$(PYTEST) -m "not slow"
 
 # The tests marked slow alone, and everything.
 test-slow: setup
 	$(PYTEST) -m slow
 
-test-all: setup browser
+test-all: setup browser llama-cpp
 	$(PYTEST)
+
+# llama.cpp (llama-cpp-python) for the GGUF export tests, which run lorakit's files in llama.cpp itself.
+# PyPI has only its sdist, which compiles llama.cpp (minutes on 2 cores): built once into a wheel kept
+# outside the repo, so later setups and CI runs on this machine install it in seconds. On x86 the build
+# targets AVX2/FMA/F16C rather than -march=native: the CPU kind of a machine changes between days.
+LLAMA_CPP_VERSION := 0.3.36
+WHEELS := $(HOME)/.cache/lorakit/wheels
+LLAMA_CPP_CMAKE := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF \
+  -DLLAMA_BUILD_SERVER=OFF $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
+llama-cpp: setup
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || { \
+	  ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || { \
+	    echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once (cached in $(WHEELS))"; \
+	    CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	      $(BIN)/pip wheel -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION); }; \
+	  $(BIN)/pip install -q -c constraints.txt $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl; }
 
 # Headless Chromium for the playground test (Debian packages; the test skips with a reason
 # when it is missing, e.g. without root or apt).

@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lorakit.adapters import cli as adapters_cli
     from lorakit.data import cli as data_cli
     from lorakit.eval import cli as eval_cli
+    from lorakit.export import cli as export_cli
     from lorakit.infer import cli as infer_cli
     from lorakit.plan import cli as plan_cli
     from lorakit.train import cli as train_cli
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan_cli.register(sub)
     train_cli.register(sub)
     eval_cli.register(sub)
+    export_cli.register(sub)
     demo.register(sub)
     return parser
 

