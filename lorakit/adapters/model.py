@@ -170,6 +170,7 @@ def _untie_adapted_embeddings(model: nn.Module) -> None:
     embedding update into it would change the head too, which the unmerged model does not do.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = getattr(head, "base_layer", head)  # an adapted head: the weight is its base layer's
     for _, layer in adapter_layers(model):
         base = layer.base_layer
         if isinstance(layer, LoraEmbedding) and head is not None and base.weight is head.weight:

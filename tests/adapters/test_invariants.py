@@ -28,8 +28,10 @@ VARIANTS = {"lora": {}, "rslora": {"use_rslora": True}, "dora": {"use_dora": Tru
 
 
 def _config(arch: str, variant: str, **kw) -> LoraConfig:
-    # the embedding is adapted too, on the tied-embedding models (llama here, gemma3) included
-    targets = "all-linear" if arch in ("phi3", "gpt2") else ["q_proj", "v_proj", "down_proj", "embed_tokens"]
+    # the embedding and the output head are adapted too, on the tied-embedding models (llama here,
+    # gemma3) included
+    targets = "all-linear" if arch in ("phi3", "gpt2") else ["q_proj", "v_proj", "down_proj", "embed_tokens",
+                                                             "lm_head"]
     return LoraConfig(r=4, alpha=8, target_modules=targets, **VARIANTS[variant], **kw)
 
 
