@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from lorakit.errors import LorakitError, short_repr
@@ -37,6 +37,12 @@ class LoraConfig:
     layers_to_transform: list[int] | None = field(
         default=None, metadata={"help": "adapt only these decoder-layer indices"}
     )
+    rank_pattern: dict[str, int] = field(
+        default_factory=dict, metadata={"help": "per-module rank: {module-name suffix or regex: r} (PEFT's)"}
+    )
+    alpha_pattern: dict[str, float] = field(
+        default_factory=dict, metadata={"help": "per-module alpha: {module-name suffix or regex: alpha} (PEFT's)"}
+    )
 
     def __post_init__(self) -> None:
         if not _is_int(self.r) or self.r <= 0:
@@ -61,6 +67,9 @@ class LoraConfig:
                 isinstance(self.layers_to_transform, list) and all(_is_int(i) for i in self.layers_to_transform)):
             raise LorakitError(f"layers_to_transform must be a list of layer indices, got "
                                f"{short_repr(self.layers_to_transform)}")
+        _check_pattern("rank_pattern", self.rank_pattern, lambda v: _is_int(v) and v > 0, "positive integers")
+        _check_pattern("alpha_pattern", self.alpha_pattern, lambda v: _is_number(v) and math.isfinite(v) and v > 0,
+                       "positive numbers")
         if self.modules_to_save is not None and not _str_list(self.modules_to_save):
             raise LorakitError(f"modules_to_save must be a list of module names, got "
                                f"{short_repr(self.modules_to_save)}")
@@ -69,6 +78,14 @@ class LoraConfig:
     def scaling(self) -> float:
         """Factor applied to B @ A: alpha/r, or alpha/sqrt(r) with rsLoRA."""
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    def for_module(self, module: str) -> "LoraConfig":
+        """This config with the r and alpha that `rank_pattern` / `alpha_pattern` give `module` (a
+        dotted module name of the model); itself when neither names it."""
+        r, alpha = pattern_value(self.rank_pattern, module, self.r), pattern_value(self.alpha_pattern, module, self.alpha)
+        if (r, alpha) == (self.r, self.alpha):
+            return self
+        return replace(self, r=r, alpha=alpha, rank_pattern={}, alpha_pattern={})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields (for the resolved config written next to outputs)."""
@@ -95,8 +112,8 @@ class LoraConfig:
             "layers_to_transform": self.layers_to_transform,
             "fan_in_fan_out": False,
             "inference_mode": True,
-            "rank_pattern": {},
-            "alpha_pattern": {},
+            "rank_pattern": dict(self.rank_pattern),
+            "alpha_pattern": dict(self.alpha_pattern),
             "lora_bias": False,
         }
 
@@ -114,9 +131,6 @@ class LoraConfig:
         if "r" not in data:
             raise LorakitError(f"{source}: required field 'r' is missing")
         _check_peft_types(data, source)
-        for key in ("rank_pattern", "alpha_pattern"):
-            if data.get(key):
-                raise LorakitError(f"{source}: per-module '{key}' is not supported yet; re-save with a single r/alpha")
         if data.get("lora_bias"):
             raise LorakitError(f"{source}: lora_bias=true is not supported; train with bias='none'")
         init = data.get("init_lora_weights", True)
@@ -133,6 +147,8 @@ class LoraConfig:
                 bias=data.get("bias", "none") or "none",
                 modules_to_save=data.get("modules_to_save"),
                 layers_to_transform=data.get("layers_to_transform"),
+                rank_pattern=data.get("rank_pattern") or {},
+                alpha_pattern=data.get("alpha_pattern") or {},
             )
         except LorakitError as exc:
             raise LorakitError(f"{source}: {exc}") from None
@@ -153,6 +169,25 @@ def _is_number(value: object) -> bool:
 
 def _str_list(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def pattern_value(patterns: dict, module: str, default):
+    """PEFT's rank_pattern / alpha_pattern rule (peft/utils/other.py, get_pattern_key): the first key
+    that, as a regex, matches the whole module name or its end after a dot."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _check_pattern(name: str, pattern: object, ok, want: str) -> None:
+    if not isinstance(pattern, dict) or not all(isinstance(k, str) and ok(v) for k, v in pattern.items()):
+        raise LorakitError(f"'{name}' must map module names to {want}, got {short_repr(pattern)}")
+    for key in pattern:
+        try:
+            re.compile(key)
+        except re.error as exc:
+            raise LorakitError(f"'{name}' key {short_repr(key)} is not a valid regular expression ({exc})") from None
 
 
 def _check_targets(targets: object) -> None:
@@ -185,8 +220,10 @@ _PEFT_TYPES: dict[str, tuple[str, Any]] = {
     "modules_to_save": ("a list of module names", lambda v: v is None or _str_list(v)),
     "layers_to_transform": ("a layer index or a list of them", lambda v: v is None or _is_int(v)
                             or (isinstance(v, list) and all(_is_int(i) for i in v))),
-    "rank_pattern": ("an object", lambda v: v is None or isinstance(v, dict)),
-    "alpha_pattern": ("an object", lambda v: v is None or isinstance(v, dict)),
+    "rank_pattern": ("an object of module name -> positive integer", lambda v: v is None or isinstance(v, dict)
+                     and all(_is_int(r) and r > 0 for r in v.values())),
+    "alpha_pattern": ("an object of module name -> positive number", lambda v: v is None or isinstance(v, dict)
+                      and all(_is_number(a) and math.isfinite(a) and a > 0 for a in v.values())),
 }
 
 

@@ -157,7 +157,7 @@ def _expected(model: nn.Module, config: LoraConfig, plan: tuple) -> tuple[dict[s
     for module_name, module in targets:
         base = module.base_layer if isinstance(module, LoraLayer) else module
         cls = LoraEmbedding if isinstance(base, nn.Embedding) else LoraLinear
-        for key, shape in cls.param_shapes(base, config).items():
+        for key, shape in cls.param_shapes(base, config.for_module(module_name)).items():
             expected[f"{PREFIX}{module_name}.{key}"] = (module_name, key, shape)
         # PEFT also saves the base embedding table when embeddings are targeted
         optional |= {f"{PREFIX}{module_name}.base_layer.{k}" for k, _ in base.named_parameters()}
@@ -246,9 +246,9 @@ def prepare_adapter(model: nn.Module, path: str | os.PathLike, name: str = "defa
         got = tuple(tensors[key].shape)
         # a factor that fits the module but not the config's r: the config is what is wrong
         rank_axis = _RANK_AXIS.get(local)
-        if rank_axis is not None and len(got) == 2 and got[rank_axis] != config.r and \
+        if rank_axis is not None and len(got) == 2 and got[rank_axis] != shape[rank_axis] and \
                 got[1 - rank_axis] == shape[1 - rank_axis]:
-            raise AdapterLoadError(f"{path / CONFIG_NAME} says r={config.r} but {weights.name}'s {key} has rank "
+            raise AdapterLoadError(f"{path / CONFIG_NAME} says r={shape[rank_axis]} but {weights.name}'s {key} has rank "
                                    f"{got[rank_axis]}: the config and the weights disagree; re-save the adapter")
         if got != shape:
             raise AdapterLoadError(f"{weights}: {key} has shape {tuple(tensors[key].shape)} but module "

@@ -101,12 +101,13 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default", *, 
     info = AdapterInfo(config=config)
     layers = []
     for module_name, module in targets:
+        own = config.for_module(module_name)  # rank_pattern / alpha_pattern
         if parts is not None:
-            module.adopt_adapter(name, config, parts[module_name])
+            module.adopt_adapter(name, own, parts[module_name])
         elif isinstance(module, LoraLayer):
-            module.add_adapter(name, config, init_weights)
+            module.add_adapter(name, own, init_weights)
         else:
-            module = _wrap(module, name, config, init_weights)
+            module = _wrap(module, name, own, init_weights)
             _replace(model, module_name, module)
         info.modules.append(module_name)
         layers.append(module)

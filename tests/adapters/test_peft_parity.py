@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 
-from lorakit.adapters import LoraConfig, add_adapter, load_adapter, save_adapter, set_trainable
+from lorakit.adapters import LoraConfig, adapter_layers, add_adapter, load_adapter, save_adapter, set_trainable
 from tests.adapters.helpers import randomize_adapter
 from tests.conftest import output_of, tiny_inputs, tiny_model
 
@@ -117,3 +117,33 @@ def test_gradients_equal_peft(arch, variant, tmp_path):
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name, g in grads[0].items():
         assert (g - grads[1][name]).abs().max().item() <= TOL, name
+
+
+# per-module ranks and alphas: a suffix, a regex over one layer's module, and a key naming a module
+# the targets leave out (it must change nothing)
+PATTERNS = {"rank_pattern": {"v_proj": 2, r"layers\.1\.mlp\.down_proj": 6, "k_proj": 3},
+            "alpha_pattern": {"down_proj": 3.0, "o_proj": 12.0}}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_rank_and_alpha_patterns_equal_peft_both_ways(variant, tmp_path):
+    targets = ["q_proj", "v_proj", "o_proj", "down_proj", "embed_tokens"]
+    torch.manual_seed(7)
+    theirs = get_peft_model(tiny_model("llama"), PeftLoraConfig(
+        r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, **PATTERNS, **VARIANTS[variant])).eval()
+    inputs = tiny_inputs("llama")
+    expected = output_of(theirs, inputs)
+    theirs.save_pretrained(tmp_path / "peft")
+    ours = tiny_model("llama")
+    load_adapter(ours, tmp_path / "peft")
+    assert (output_of(ours, inputs) - expected).abs().max().item() <= TOL
+    ranks = {name.rsplit(".", 1)[-1]: layer.r["default"] for name, layer in adapter_layers(ours)}
+    assert ranks["v_proj"] == 2 and ranks["q_proj"] == 4 and sorted({ranks["down_proj"], 4}) == [4, 6]
+
+    fresh = tiny_model("llama")
+    add_adapter(fresh, LoraConfig(r=4, alpha=8, target_modules=targets, **PATTERNS, **VARIANTS[variant]))
+    randomize_adapter(fresh)
+    mine = output_of(fresh, inputs)
+    save_adapter(fresh, tmp_path / "ours")
+    back = PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "ours").eval()
+    assert (output_of(back, inputs) - mine).abs().max().item() <= TOL
