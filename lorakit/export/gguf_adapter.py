@@ -24,12 +24,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lorakit.adapters.config import pattern_value
 from lorakit.errors import LorakitError
 from lorakit.export.encode import ADAPTER_OUTTYPES, encode
 from lorakit.export.names import GgufTarget
@@ -56,13 +56,20 @@ class ModuleFactors:
         return self.A.shape[0]
 
 
-def _pattern_value(patterns: dict, module: str, default):
-    """PEFT's rank_pattern / alpha_pattern lookup: a key matches a module whose name ends in it
-    (as a regex over whole dotted components)."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
+def config_refusals(config: dict, cfg_file: Path) -> dict[str, str]:
+    """What in an adapter's config a llama.cpp adapter GGUF cannot hold: config key -> one-line reason
+    (empty when nothing). `lorakit export --check llama.cpp` reports all of them."""
+    out = {}
+    if str(config.get("peft_type", "LORA")).upper() != "LORA":
+        out["peft_type"] = (f"{cfg_file}: peft_type {config.get('peft_type')!r} is not LoRA; a GGUF adapter holds "
+                            f"LoRA factors only")
+    if config.get("use_dora"):
+        out["use_dora"] = (f"{cfg_file}: a DoRA adapter's magnitudes cannot be held by a llama.cpp adapter GGUF; "
+                           f"{MERGED_HINT}")
+    if config.get("modules_to_save"):
+        out["modules_to_save"] = (f"{cfg_file}: modules_to_save {config['modules_to_save']} are whole trained "
+                                  f"tensors, which a llama.cpp adapter GGUF cannot hold; {MERGED_HINT}")
+    return out
 
 
 def read_factors(adapter_dir: Path) -> tuple[list[ModuleFactors], dict]:
@@ -79,15 +86,9 @@ def read_factors(adapter_dir: Path) -> tuple[list[ModuleFactors], dict]:
                            "adapter_model.safetensors") from None
     except ValueError as exc:
         raise LorakitError(f"{cfg_file}: not valid JSON ({exc}); re-save the adapter") from None
-    if str(config.get("peft_type", "LORA")).upper() != "LORA":
-        raise LorakitError(f"{cfg_file}: peft_type {config.get('peft_type')!r} is not LoRA; a GGUF adapter holds "
-                           f"LoRA factors only")
-    if config.get("use_dora"):
-        raise LorakitError(f"{cfg_file}: a DoRA adapter's magnitudes cannot be held by a llama.cpp adapter GGUF; "
-                           f"{MERGED_HINT}")
-    if config.get("modules_to_save"):
-        raise LorakitError(f"{cfg_file}: modules_to_save {config['modules_to_save']} are whole trained tensors, "
-                           f"which a llama.cpp adapter GGUF cannot hold; {MERGED_HINT}")
+    refused = config_refusals(config, cfg_file)
+    if refused:
+        raise LorakitError(next(iter(refused.values())))
     weights = read_adapter_weights(adapter_dir)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     embedding: dict[str, bool] = {}
@@ -96,6 +97,10 @@ def read_factors(adapter_dir: Path) -> tuple[list[ModuleFactors], dict]:
             raise LorakitError(f"{adapter_dir / 'adapter_model.safetensors'}: tensor {key!r} is not a PEFT LoRA key "
                                f"({PREFIX}<module>.lora_A.weight); re-save the adapter")
         module, _, param = key[len(PREFIX):].rpartition(".lora_")
+        if not module and "base_layer" in key[len(PREFIX):].split(".")[:-1]:
+            # PEFT saves the untouched base table of an adapted embedding or head (save_embedding_layers):
+            # the base GGUF holds it already
+            continue
         kind = _FACTORS.get("lora_" + param)
         if kind is None:
             raise LorakitError(f"{adapter_dir / 'adapter_model.safetensors'}: tensor {key!r} is not a LoRA factor "
@@ -110,10 +115,10 @@ def read_factors(adapter_dir: Path) -> tuple[list[ModuleFactors], dict]:
             raise LorakitError(f"{adapter_dir / 'adapter_model.safetensors'}: module {module!r} lacks lora_"
                                f"{'B' if 'A' in ab else 'A'}; re-save the adapter")
         rank = ab["A"].shape[0]
-        if rank != int(_pattern_value(rank_pattern, module, r)):
+        if rank != int(pattern_value(rank_pattern, module, r)):
             raise LorakitError(f"{cfg_file}: module {module!r} has rank {rank} in the weights but "
-                               f"{_pattern_value(rank_pattern, module, r)} in the config; re-save the adapter")
-        a = float(_pattern_value(alpha_pattern, module, alpha))
+                               f"{pattern_value(rank_pattern, module, r)} in the config; re-save the adapter")
+        a = float(pattern_value(alpha_pattern, module, alpha))
         scaling = a / (math.sqrt(rank) if config.get("use_rslora") else rank)
         out.append(ModuleFactors(module, ab["A"], ab["B"], scaling, embedding[module]))
     if not out:
@@ -126,23 +131,31 @@ def gguf_alpha(factors: list[ModuleFactors]) -> float:
     return factors[0].scaling * factors[0].rank
 
 
+def module_refusal(f: ModuleFactors, target: GgufTarget, tied: bool, adapter_dir: Path) -> str | None:
+    """Why one adapted module cannot go into a llama.cpp adapter GGUF for this base (None: it can)."""
+    name = target.name(f"{f.module}.weight")
+    if name is None:
+        return f"{adapter_dir}: module {f.module!r} has no tensor in llama.cpp's {target.arch} layout; {MERGED_HINT}"
+    if tied and name == target.name("lm_head.weight"):
+        return (f"{adapter_dir}: module {f.module!r} is the output head, which this base ties to the "
+                f"embedding (the GGUF has no separate output tensor); {MERGED_HINT}")
+    if tied and f.embedding:  # llama.cpp would also apply it to the tied output head (and fails there)
+        return (f"{adapter_dir}: an adapter on the embedding of a base that ties it to the output "
+                f"head is not applied by llama.cpp as by PEFT; {MERGED_HINT}")
+    return None
+
+
 def adapter_tensors(factors: list[ModuleFactors], target: GgufTarget, tied: bool,
                     adapter_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """GGUF base tensor name -> (lora_a, lora_b) in PyTorch order, as the file holds them."""
     alpha = gguf_alpha(factors)
     out = {}
     for f in factors:
+        refused = module_refusal(f, target, tied, adapter_dir)
+        if refused:
+            raise LorakitError(refused)
         param = f"{f.module}.weight"
         name = target.name(param)
-        if name is None:
-            raise LorakitError(f"{adapter_dir}: module {f.module!r} has no tensor in llama.cpp's {target.arch} "
-                               f"layout; {MERGED_HINT}")
-        if tied and name == target.name("lm_head.weight"):
-            raise LorakitError(f"{adapter_dir}: module {f.module!r} is the output head, which this base ties to the "
-                               f"embedding (the GGUF has no separate output tensor); {MERGED_HINT}")
-        if tied and f.embedding:  # llama.cpp would also apply it to the tied output head (and fails there)
-            raise LorakitError(f"{adapter_dir}: an adapter on the embedding of a base that ties it to the output "
-                               f"head is not applied by llama.cpp as by PEFT; {MERGED_HINT}")
         # this module's own scale over the one llama.cpp applies (alpha / r); exactly 1 in the common case
         rest = f.scaling * f.rank / alpha
         B = f.B if rest == 1.0 else f.B * rest

@@ -93,13 +93,8 @@ def export_merged(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, mod
 
         write_merged_from_gguf(base_gguf, {p: state[p] for p in changed}, target, out, outtype=outtype, name=name)
     else:
-        try:
-            from lorakit.export.gguf_model import write_model_gguf
-        except ModuleNotFoundError as exc:
-            if exc.name != "lorakit.export.gguf_model":
-                raise
-            raise LorakitError(f"--model {spec}: a merged GGUF is written from a GGUF base only so far; pass the "
-                               "base's .gguf with --model, or write a Hugging Face folder with `lorakit merge`") from None
+        from lorakit.export.gguf_model import write_model_gguf
+
         write_model_gguf(out, state, net.config, base_dir, outtype=outtype, name=name)
     modelfile = write_modelfile(modelfile_path(out), f"./{out.name}", None, _chat_template(base_dir))
     return {"gguf": str(out), "modelfile": str(modelfile), "base": str(base_gguf or base_dir)}

@@ -206,6 +206,10 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
     undo_speed()
     if dist.rank == 0:
         save_final(model, tokenizer, cfg, out)
+        if cfg.method not in ("full", "head"):  # what vLLM / llama.cpp would refuse in it: warnings only
+            from lorakit.export.check import warn_serving
+
+            warn_serving(out, model.config)
         plot_loss(metrics.path, out / "loss.png")
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     dist.close()

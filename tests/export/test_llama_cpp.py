@@ -15,26 +15,20 @@ agree outright.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from lorakit.adapters import LoraConfig, add_adapter, save_adapter
 from lorakit.cli import main
 from tests.adapters.helpers import randomize_adapter
-from tests.needs import unavailable
+from tests.export.llama import import_llama_cpp, llama, llama_greedy, llama_logits, lorakit_greedy, rounding_bound
 
 PROMPT = "Anna Karenina sat by the window and thought about the letter she had received from"
-STEPS = 32
 
 
 @pytest.fixture(scope="module")
 def llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError:
-        unavailable("llama-cpp-python is not installed", "make llama-cpp")
-    return llama_cpp
+    return import_llama_cpp()
 
 
 @pytest.fixture(scope="module")
@@ -53,33 +47,6 @@ def smollm2(tmp_path_factory):
     assert main(["export", "--adapter", str(folder / "zero_lin"), "--out", str(folder / "lin.gguf"), "--merged",
                  "--outtype", "f32"]) == 0
     return model, tok, str(folder / "base.gguf"), str(folder / "lin.gguf")
-
-
-def _llama(llama_cpp, path: str, lora: str | None = None):
-    kw = {"lora_path": lora} if lora else {}
-    return llama_cpp.Llama(model_path=path, logits_all=True, n_ctx=128, n_threads=2, verbose=False,
-                           type_k=0, type_v=0, **kw)  # 0: GGML_TYPE_F32
-
-
-def _llama_logits(llm, ids: list[int]) -> torch.Tensor:
-    llm.reset()
-    llm.eval(ids)
-    return torch.tensor(np.array(llm.scores[: len(ids)]))
-
-
-def _llama_greedy(llm, ids: list[int]) -> list[int]:
-    out = []
-    for t in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
-        out.append(t)
-        if len(out) == STEPS or t == llm.token_eos():
-            return out
-    return out
-
-
-def _lorakit_greedy(model, ids: torch.Tensor, eos: int) -> list[int]:
-    with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=STEPS, do_sample=False, eos_token_id=eos)[0, ids.shape[1]:]
-    return out.tolist()
 
 
 def _with_adapter(model, config: LoraConfig, scale: float) -> torch.nn.Module:
@@ -112,29 +79,28 @@ def test_adapter_and_merged_gguf_give_lorakit_outputs(variant, llama_cpp, smollm
         base_logits, ours = model(ids).logits[0], net(ids).logits[0]
     effect = (ours - base_logits).abs().max().item()
     assert effect > 1.0  # the adapter matters to the comparison
-    cfg = model.config
-    rounding = effect * max(cfg.hidden_size, cfg.intermediate_size) * 2.0**-24 * cfg.num_hidden_layers
+    rounding = rounding_bound(effect, model.config)
     assert main(["export", "--adapter", str(tmp_path / "ad"), "--out", str(tmp_path / "ad.gguf")]) == 0
     assert main(["export", "--adapter", str(tmp_path / "ad"), "--out", str(tmp_path / "m.gguf"), "--merged",
                  "--outtype", "f32"]) == 0
     assert (tmp_path / "ad.Modelfile").read_text().count("ADAPTER ./ad.gguf") == 1
 
-    expected = _lorakit_greedy(net, ids, tok.eos_token_id)
-    noise = (_llama_logits(_llama(llama_cpp, base_gguf), ids[0].tolist()) - base_logits).abs().max().item()
-    llm = _llama(llama_cpp, base_gguf, str(tmp_path / "ad.gguf"))
-    diff = (_llama_logits(llm, ids[0].tolist()) - ours).abs().max().item()
+    expected = lorakit_greedy(net, ids, tok.eos_token_id)
+    noise = (llama_logits(llama(llama_cpp, base_gguf), ids[0].tolist()) - base_logits).abs().max().item()
+    llm = llama(llama_cpp, base_gguf, str(tmp_path / "ad.gguf"))
+    diff = (llama_logits(llm, ids[0].tolist()) - ours).abs().max().item()
     print(f"{variant} adapter GGUF: max |logits llama.cpp - lorakit| {diff:.2e}, base noise {noise:.2e}, "
           f"adapter effect {effect:.2f}, its rounding bound {rounding:.2e}")
     assert diff <= noise + rounding
-    assert _llama_greedy(llm, ids[0].tolist()) == expected
+    assert llama_greedy(llm, ids[0].tolist()) == expected
 
     # merged: it keeps the wheel's 8-bit embedding, whose kernels round activations to 8 bits (the
     # greedy tokens of this random adapter already differ there), so llama.cpp's outputs are printed,
     # not compared; the merged tensors are compared, exactly, and the file must load and run
     _assert_merged_tensors_equal(tmp_path / "m.gguf", net)
-    merged = _llama(llama_cpp, str(tmp_path / "m.gguf"))
-    diff = (_llama_logits(merged, ids[0].tolist()) - ours).abs().max().item()
-    lin_noise = (_llama_logits(_llama(llama_cpp, merged_base), ids[0].tolist()) - base_logits).abs().max().item()
+    merged = llama(llama_cpp, str(tmp_path / "m.gguf"))
+    diff = (llama_logits(merged, ids[0].tolist()) - ours).abs().max().item()
+    lin_noise = (llama_logits(llama(llama_cpp, merged_base), ids[0].tolist()) - base_logits).abs().max().item()
     print(f"{variant} merged GGUF: max |logits llama.cpp - lorakit| {diff:.2e} (its base: {lin_noise:.2e})")
 
 

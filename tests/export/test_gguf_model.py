@@ -1,0 +1,217 @@
+"""GGUF from a Hugging Face model (`lorakit.export.gguf_model`), proven by llama.cpp itself.
+
+Tiny random-weight llama (tied head; and one with Llama 3 rope scaling), qwen2 (q/k/v biases,
+untied) and gemma3 (sliding-window and global layers, q/k norms) models, with real tokenizers
+(SmolLM2's byte-level BPE; Gemma's SentencePiece-style one), are written whole in f32. llama.cpp
+then runs: the model alone; the model + lorakit's adapter GGUF; the merged GGUF that `lorakit
+export --merged --model FOLDER` writes. Each gives lorakit's greedy tokens, and its logits differ
+from lorakit's by no more than the base's own llama.cpp-vs-lorakit difference plus the worst-case
+f32 rounding of the adapter's contribution (`tests.export.llama.rounding_bound`). The base's own
+difference is held to that rounding bound of its logits' size too. LoRA, rsLoRA and a PEFT-written
+rank/alpha pattern each.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from lorakit.adapters import LoraConfig, add_adapter, load_adapter, save_adapter
+from lorakit.cli import main
+from lorakit.errors import LorakitError
+from lorakit.export.gguf_model import write_model_gguf
+from tests.adapters.helpers import randomize_adapter
+from tests.export.llama import (import_llama_cpp, llama, llama_greedy, llama_logits, lorakit_greedy, rounding_bound,
+                                with_ggml_gelu)
+
+PROMPT = ("Anna Karenina sat by the window and thought about the letter she had received from her brother, "
+          "and of the 3 roads to Moscow.")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+ARCHS = ("llama", "llama3-rope", "qwen2", "gemma3")
+
+
+def _config(arch: str, vocab: int):
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    if arch == "llama":
+        return tf.LlamaConfig(**common, tie_word_embeddings=True)
+    if arch == "llama3-rope":  # long wavelengths divided, short kept, those between interpolated
+        rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+        return tf.LlamaConfig(**common, tie_word_embeddings=False, rope_parameters=rope)
+    if arch == "qwen2":
+        return tf.Qwen2Config(**common, tie_word_embeddings=False)
+    # a window shorter than prompt + continuation, so the sliding layers' mask matters
+    return tf.Gemma3TextConfig(**common, head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
+                               layer_types=["sliding_attention", "full_attention"])
+
+
+def _tokenizer_dir(arch: str):
+    from lorakit.models import resolve_model
+
+    return resolve_model("gemma3-270m" if arch == "gemma3" else "smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def llama_cpp():
+    return import_llama_cpp()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(request, tmp_path_factory):
+    """(arch, HF folder with a tiny random model and a real tokenizer, its f32 GGUF)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    arch = request.param
+    source = _tokenizer_dir(arch)
+    tok = AutoTokenizer.from_pretrained(str(source))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_config(arch, len(tok)))
+    with torch.no_grad():
+        for p in model.parameters():  # norms off 1, biases off 0: every tensor matters to the comparison
+            p.add_(torch.randn_like(p) * 0.05)
+        model.get_input_embeddings().weight.mul_(20.0)  # logits of a few units, not a near tie everywhere
+    folder = tmp_path_factory.mktemp(arch) / "model"
+    model.save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, folder / name)
+    gguf = write_model_gguf(folder.parent / "base.gguf", model.state_dict(), model.config, folder, outtype="f32")
+    return arch, folder, gguf
+
+
+def _lorakit(folder):
+    from lorakit.models import load_model
+
+    return load_model(str(folder))
+
+
+def _ids(tok) -> torch.Tensor:
+    return tok(PROMPT, return_tensors="pt")["input_ids"]
+
+
+def _logits(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """lorakit's logits [T, vocab], and the same with llama.cpp's f16-table GELU (Gemma's MLPs;
+    equal for SiLU models): llama.cpp is held to the second, the gap between the two is printed."""
+    import copy
+
+    with torch.no_grad():
+        return model(ids).logits[0], with_ggml_gelu(copy.deepcopy(model))(ids).logits[0]
+
+
+@pytest.mark.parametrize("tiny_folder", ARCHS, indirect=True)
+def test_model_gguf_alone_gives_lorakit_outputs(tiny_folder, llama_cpp):
+    arch, folder, gguf = tiny_folder
+    model, tok = _lorakit(folder)
+    ids = _ids(tok)
+    ours, ggml_gelu = _logits(model, ids)
+    llm = llama(llama_cpp, gguf)
+    diff = (llama_logits(llm, ids[0].tolist()) - ggml_gelu).abs().max().item()
+    bound = rounding_bound(ggml_gelu.abs().max().item(), model.config)
+    print(f"{arch} model GGUF: max |logits llama.cpp - lorakit| {diff:.2e} (rounding bound {bound:.2e}; "
+          f"llama.cpp's f16 GELU table alone moves lorakit's by {(ggml_gelu - ours).abs().max().item():.2e})")
+    assert diff <= bound
+    assert llama_greedy(llm, ids[0].tolist()) == lorakit_greedy(model, ids, None)
+
+
+def _adapter(model, folder, out, variant: str):
+    """A random adapter on `model` saved at `out` (`variant`: lora, rslora, or a PEFT-written rank and
+    alpha pattern loaded into lorakit), moving the logits by a few units."""
+    untied = not model.config.tie_word_embeddings
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    targets += ["embed_tokens", "lm_head"] if untied else []
+    if variant == "rank_pattern":
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        peft_model = get_peft_model(model, PeftLoraConfig(
+            r=8, lora_alpha=16, target_modules=targets, rank_pattern={"v_proj": 2, "down_proj": 12},
+            alpha_pattern={"down_proj": 6}))
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn_like(p) * 0.1)
+        peft_model.save_pretrained(out)
+        peft_model.unload()
+        net, _ = _lorakit(folder)
+        load_adapter(net, out, "default")
+        return net
+    add_adapter(model, LoraConfig(r=8, alpha=16, use_rslora=variant == "rslora", target_modules=targets))
+    randomize_adapter(model)
+    save_adapter(model, out, base_model_name_or_path=str(folder))
+    return model
+
+
+# Gemma's 262k-token vocabulary makes its cases the slow ones: its names and layout are checked by
+# LoRA in the everyday suite, the scalings (family-independent) by the other families
+CASES = [(arch, variant) for arch in ARCHS for variant in ("lora", "rslora", "rank_pattern")]
+
+
+@pytest.mark.parametrize(("tiny_folder", "variant"), [
+    pytest.param(arch, variant, marks=[pytest.mark.slow] if arch == "gemma3" and variant != "lora" else [],
+                 id=f"{arch}-{variant}") for arch, variant in CASES], indirect=["tiny_folder"])
+def test_adapter_and_merged_gguf_give_lorakit_outputs(tiny_folder, variant, llama_cpp, tmp_path):
+    arch, folder, gguf = tiny_folder
+    base, tok = _lorakit(folder)
+    ids = _ids(tok)
+    base_logits = _logits(base, ids)[1]
+    net = _adapter(_lorakit(folder)[0], folder, tmp_path / "ad", variant)
+    ours = _logits(net, ids)[1]
+    effect = (ours - base_logits).abs().max().item()
+    assert effect > 0.1 * base_logits.abs().max().item()  # the adapter matters to the comparison
+    noise = (llama_logits(llama(llama_cpp, gguf), ids[0].tolist()) - base_logits).abs().max().item()
+    bound = noise + rounding_bound(effect, net.config)
+    expected = lorakit_greedy(net, ids, None)
+    common = ["--adapter", str(tmp_path / "ad"), "--model", str(folder)]
+    assert main(["export", *common, "--out", str(tmp_path / "ad.gguf")]) == 0
+    assert main(["export", *common, "--out", str(tmp_path / "m.gguf"), "--merged", "--outtype", "f32"]) == 0
+    for kind, llm in (("adapter", llama(llama_cpp, gguf, tmp_path / "ad.gguf")),
+                      ("merged", llama(llama_cpp, tmp_path / "m.gguf"))):
+        diff = (llama_logits(llm, ids[0].tolist()) - ours).abs().max().item()
+        print(f"{arch} {variant} {kind} GGUF: max |logits llama.cpp - lorakit| {diff:.2e}, base noise {noise:.2e},"
+              f" adapter effect {effect:.2f}, bound {bound:.2e}")
+        assert diff <= bound, kind
+        assert llama_greedy(llm, ids[0].tolist()) == expected, kind
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_llama_cpp_tokenizes_as_the_hugging_face_tokenizer(arch, llama_cpp, tmp_path):
+    """The tokenizer metadata written from tokenizer.json: llama.cpp splits text into the ids the
+    Hugging Face tokenizer gives (Gutenberg prose, digits, runs of spaces, newlines, added tokens)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _tokenizer_dir(arch)
+    tok = AutoTokenizer.from_pretrained(str(source))
+    model = AutoModelForCausalLM.from_config(_config(arch, len(tok)))
+    path = write_model_gguf(tmp_path / "t.gguf", model.state_dict(), model.config, source, outtype="f16")
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    texts = [PROMPT, "“Well, Prince, so Genoa and Lucca are now just family estates of the Buonapartes.”",
+             "In 1812, 600000 men\n\n  crossed   the Niemen;\tsome—perhaps 10%—returned.", "naïve café Ünter Straße",
+             f"{tok.eos_token} and then {tok.bos_token or tok.eos_token}"]
+    for text in texts:
+        want = tok(text, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == want, text
+    with_bos = llm.tokenize(b"Hello", add_bos=True)
+    assert with_bos == tok("Hello")["input_ids"]
+
+
+def test_unsupported_families_and_tokenizers_are_refused_before_writing(tmp_path):
+    from tests.conftest import tiny_model
+
+    phi3 = tiny_model("phi3")
+    with pytest.raises(LorakitError) as err:
+        write_model_gguf(tmp_path / "x.gguf", phi3.state_dict(), phi3.config, _tokenizer_dir("llama"))
+    assert "\n" not in str(err.value) and "phi3" in str(err.value)
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text('{"model": {"type": "WordPiece", "vocab": {}}}')
+    llama_model = tiny_model("llama")
+    with pytest.raises(LorakitError, match="WordPiece") as err:
+        write_model_gguf(tmp_path / "x.gguf", llama_model.state_dict(), llama_model.config, folder)
+    assert str(folder / "tokenizer.json") in str(err.value)
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".x.gguf*"))
