@@ -12,6 +12,9 @@ An entry says, for the `model_type`s of one family:
 * `gguf_arch`: the llama.cpp architecture name (for GGUF export); `gguf_permute_qk`: whether
   llama.cpp's converter reorders the rows of q/k (its rotary layout for the llama family; Qwen
   and Gemma keep HF's), so an adapter's q/k `lora_B` rows are reordered the same way;
+  `gguf_whole`: whether `lorakit export --merged` writes the whole model from a Hugging Face folder
+  (`lorakit.export.gguf_model`: hyper-parameters and tokenizer as llama.cpp's loader for
+  `gguf_arch` reads them);
   `why_not`: why a speed path does not apply, shown in the speed plan.
 
 Adding a family is one entry here plus its tiny random-weight model in tests/conftest.py (the
@@ -52,6 +55,7 @@ class Family:
     head: str = MODEL
     gguf_arch: str | None = None
     gguf_permute_qk: bool = False
+    gguf_whole: bool = False
     why_not: dict[str, str] = field(default_factory=dict)  # speed path -> reason it is off
 
     def reason(self, path: str) -> str:
@@ -81,18 +85,19 @@ _ENCODER = {"fuse": "encoder: the causal-LM trainer does not train it", "lean": 
 
 FAMILIES: tuple[Family, ...] = (
     Family("llama", ("llama",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN, gguf_arch="llama",
-           gguf_permute_qk=True),
+           gguf_permute_qk=True, gguf_whole=True),
     Family("smollm3", ("smollm3",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN,
            gguf_arch="smollm3", gguf_permute_qk=True),
     Family("mistral", ("mistral",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN,
            gguf_arch="llama", gguf_permute_qk=True),
-    Family("qwen2", ("qwen2",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN, gguf_arch="qwen2"),
+    Family("qwen2", ("qwen2",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN, gguf_arch="qwen2",
+           gguf_whole=True),
     Family("qwen3", ("qwen3",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN, gguf_arch="qwen3"),
     Family("gemma", ("gemma",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_GEMMA_LEAN, head=PLAIN, gguf_arch="gemma"),
     Family("gemma2", ("gemma2",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_GEMMA2_LEAN, head=PLAIN,
            gguf_arch="gemma2"),
     Family("gemma3", ("gemma3_text",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_GEMMA2_LEAN, head=PLAIN,
-           gguf_arch="gemma3"),
+           gguf_arch="gemma3", gguf_whole=True),
     # the multimodal wrapper: its text decoder sits one level deeper, and its forward adds vision
     Family("gemma3-multimodal", ("gemma3",), _LLAMA_PRESETS, gguf_arch="gemma3",
            why_not={"fuse": "multimodal wrapper: load its text model (Gemma3ForCausalLM)",

@@ -166,6 +166,13 @@ def adapter_tensors(factors: list[ModuleFactors], target: GgufTarget, tied: bool
     return out
 
 
+def check_outtype(outtype: str) -> None:
+    """A one-line error for an --outtype an adapter GGUF is not written in."""
+    if outtype not in ADAPTER_OUTTYPES:
+        raise LorakitError(f"--outtype {outtype!r} is not offered for an adapter GGUF; choose one of "
+                           f"{', '.join(ADAPTER_OUTTYPES)}")
+
+
 def write_adapter_gguf(adapter_dir: str | os.PathLike, out: str | os.PathLike, config, *,
                        outtype: str = "f32", name: str | None = None) -> Path:
     """Write the adapter in `adapter_dir` (for the base whose transformers `config` is given) as a
@@ -175,9 +182,7 @@ def write_adapter_gguf(adapter_dir: str | os.PathLike, out: str | os.PathLike, c
     from lorakit.export.names import gguf_target
     from lorakit.export.write import atomic_gguf
 
-    if outtype not in ADAPTER_OUTTYPES:
-        raise LorakitError(f"--outtype {outtype!r} is not offered for an adapter GGUF; choose one of "
-                           f"{', '.join(ADAPTER_OUTTYPES)}")
+    check_outtype(outtype)
     adapter_dir = Path(adapter_dir)
     factors, peft_config = read_factors(adapter_dir)
     target = gguf_target(config)

@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
+import gguf
 import torch
 
 from lorakit.errors import LorakitError
@@ -27,8 +28,11 @@ from lorakit.export.gguf_vocab import add_vocab, read_vocab
 from lorakit.export.names import GgufTarget, gguf_target
 from lorakit.export.write import atomic_gguf
 
-SUPPORTED = ("llama", "qwen2", "gemma3")  # lorakit family names this module writes
-_ACTIVATION = {"llama": "silu", "qwen2": "silu", "gemma3": "gelu_pytorch_tanh"}
+# The llama.cpp loaders this module writes for (which family goes to which: lorakit.families,
+# gguf_arch and gguf_whole), and the MLP activation each one's graph computes.
+LLAMA, QWEN2, GEMMA3 = (gguf.MODEL_ARCH_NAMES[a] for a in (gguf.MODEL_ARCH.LLAMA, gguf.MODEL_ARCH.QWEN2,
+                                                            gguf.MODEL_ARCH.GEMMA3))
+_ACTIVATION = {LLAMA: "silu", QWEN2: "silu", GEMMA3: "gelu_pytorch_tanh"}
 _BUFFERS = ("rotary_emb.inv_freq",)  # non-weights a state dict may carry
 
 
@@ -61,15 +65,17 @@ def _llama3_factors(rope: dict, head_dim: int) -> torch.Tensor:
     return divisor.float()
 
 
-def _check(config, family: str) -> None:
+def _check(config, arch: str) -> None:
     act = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", None)
-    if act != _ACTIVATION[family]:
-        raise _refuse(config, f"llama.cpp's {family} runs {_ACTIVATION[family]}, this model {act}")
+    if act != _ACTIVATION[arch]:
+        raise _refuse(config, f"llama.cpp's {arch} runs {_ACTIVATION[arch]}, this model {act}")
+    if arch == LLAMA and getattr(config, "sliding_window", None):
+        raise _refuse(config, "llama.cpp's llama has no sliding-window attention")
     heads, hidden = config.num_attention_heads, config.hidden_size
     head_dim = getattr(config, "head_dim", None) or hidden // heads
-    if family == "qwen2" and (head_dim * heads != hidden or getattr(config, "use_sliding_window", False)):
+    if arch == QWEN2 and (head_dim * heads != hidden or getattr(config, "use_sliding_window", False)):
         raise _refuse(config, "llama.cpp's qwen2 has heads*head_dim = hidden and no sliding window")
-    if family == "gemma3":
+    if arch == GEMMA3:
         want = hidden / heads if config.num_hidden_layers == 62 else head_dim
         if config.query_pre_attn_scalar != want or getattr(config, "attn_logit_softcapping", None) \
                 or getattr(config, "use_bidirectional_attention", False):
@@ -77,14 +83,12 @@ def _check(config, family: str) -> None:
                                   "attention softcapping")
         if _rope(config, "sliding_attention").get("rope_type", "default") != "default":
             raise _refuse(config, "llama.cpp's gemma3 has no rope scaling for its sliding-window layers")
-    kind = _rope(config, "full_attention" if family == "gemma3" else None).get("rope_type", "default")
-    if kind not in ("default", "linear") and not (kind == "llama3" and family == "llama"):
+    kind = _rope(config, "full_attention" if arch == GEMMA3 else None).get("rope_type", "default")
+    if kind not in ("default", "linear") and not (kind == "llama3" and arch == LLAMA):
         raise _refuse(config, f"rope type '{kind}' is not one lorakit writes (default, linear; llama3 for llama)")
 
 
-def _add_hparams(writer, config, family: str, outtype: str) -> None:
-    import gguf
-
+def _add_hparams(writer, config, arch: str, outtype: str) -> None:
     heads, hidden = config.num_attention_heads, config.hidden_size
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     writer.add_context_length(config.max_position_embeddings)
@@ -96,15 +100,15 @@ def _add_hparams(writer, config, family: str, outtype: str) -> None:
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    rope = _rope(config, "full_attention" if family == "gemma3" else None)  # Gemma 3: its global layers
+    rope = _rope(config, "full_attention" if arch == GEMMA3 else None)  # Gemma 3: its global layers
     writer.add_rope_freq_base(rope["rope_theta"])
     if rope.get("rope_type") == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(rope["factor"])
-    if family == "llama":
+    if arch == LLAMA:
         writer.add_vocab_size(config.vocab_size)
         writer.add_rope_dimension_count(head_dim)
-    if family == "gemma3":
+    if arch == GEMMA3:
         writer.add_rope_freq_base_swa(_rope(config, "sliding_attention")["rope_theta"])
         if getattr(config, "final_logit_softcapping", None):
             writer.add_final_logit_softcapping(config.final_logit_softcapping)
@@ -120,8 +124,6 @@ def _add_hparams(writer, config, family: str, outtype: str) -> None:
 
 def _gguf_tensors(tensors: Mapping[str, torch.Tensor], target: GgufTarget, config) -> dict[str, torch.Tensor]:
     """GGUF name -> fp32 tensor in llama.cpp's layout (PyTorch's shape), checked before any write."""
-    import gguf
-
     T = gguf.MODEL_TENSOR
     norms = {T.ATTN_NORM, T.ATTN_POST_NORM, T.FFN_NORM, T.FFN_PRE_NORM, T.FFN_POST_NORM, T.ATTN_Q_NORM,
              T.ATTN_K_NORM, T.OUTPUT_NORM}
@@ -142,10 +144,10 @@ def _gguf_tensors(tensors: Mapping[str, torch.Tensor], target: GgufTarget, confi
             raise _refuse(config, f"the tensor '{param}' has {'no' if name is None else 'a second'} tensor in "
                                   f"llama.cpp's {target.arch} layout")
         value = target.rows_to_gguf(param, value.detach().float())
-        if target.arch == "gemma3" and target.kind(param) in norms:
+        if target.arch == GEMMA3 and target.kind(param) in norms:
             value = value + 1.0
         out[name] = value
-    if target.family.name == "llama" and _rope(config).get("rope_type") == "llama3":
+    if target.arch == LLAMA and _rope(config).get("rope_type") == "llama3":
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         out[gguf.TENSOR_NAMES[T.ROPE_FREQS] + ".weight"] = _llama3_factors(_rope(config), head_dim)
     return out
@@ -158,15 +160,16 @@ def write_model_gguf(out: Path, tensors: Mapping[str, torch.Tensor], config, tok
     tensors: HF parameter name -> weight as PyTorch holds it (``model.layers.0.self_attn.q_proj.weight``
     [out, in], ...), merged; config: the model's transformers config; tokenizer_dir: the folder with
     its tokenizer.json. Families: llama, qwen2, gemma3 (Gemma3ForCausalLM); others are refused."""
-    from lorakit.families import family_of
+    from lorakit.families import FAMILIES, family_for
 
     out, tokenizer_dir = Path(out), Path(tokenizer_dir)
     ggml_type(outtype)  # a one-line error for an unknown --outtype before any work
-    family = family_of(getattr(config, "model_type", None)).name
-    if family not in SUPPORTED:
+    family = family_for(config)
+    if not family.gguf_whole:
+        whole = ", ".join(f.name for f in FAMILIES if f.gguf_whole)
         raise LorakitError(f"GGUF export from a Hugging Face model: model_type '{config.model_type}' is not supported "
-                           f"(families: {', '.join(SUPPORTED)}); export a merged folder with `lorakit merge` instead")
-    _check(config, family)
+                           f"(families: {whole}); export a merged folder with `lorakit merge` instead")
+    _check(config, family.gguf_arch)
     target = gguf_target(config)
     fallback = {k: getattr(config, f"{k}_token_id", None) for k in ("bos", "eos", "pad")}
     fallback = {k: v[0] if isinstance(v, list) else v for k, v in fallback.items()}
@@ -178,7 +181,7 @@ def write_model_gguf(out: Path, tensors: Mapping[str, torch.Tensor], config, tok
     with atomic_gguf(out, target.arch) as writer:
         writer.add_type("model")
         writer.add_name(name or Path(getattr(config, "_name_or_path", "") or tokenizer_dir).name or target.arch)
-        _add_hparams(writer, config, family, outtype)
+        _add_hparams(writer, config, target.arch, outtype)
         add_vocab(writer, vocab)
         for gguf_name, value in ready.items():
             data, kind = encode(value, outtype)

@@ -26,9 +26,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
+
 from lorakit.errors import LorakitError, one_line
 
 SPACE = "\u2581"  # SentencePiece's visible space
+# llama.cpp names its tokenizer models, and some pre-tokenizers, after the model that brought them:
+# byte-level BPE is GPT-2's, SentencePiece LLaMA's, the Qwen2 split Qwen2's
+BYTE_BPE, SENTENCEPIECE, QWEN2_PRE = (gguf.MODEL_ARCH_NAMES[a] for a in (gguf.MODEL_ARCH.GPT2, gguf.MODEL_ARCH.LLAMA,
+                                                                          gguf.MODEL_ARCH.QWEN2))
 # The split regexes of the byte-level tokenizers lorakit names a llama.cpp pre-tokenizer for.
 QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -38,7 +44,7 @@ LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 _BYTE_LEVEL_PRE = {
     ((("byte_level", True, False),), False): "gpt-2",  # GPT-2's own regex, inside ByteLevel
     ((("digits", True), ("byte_level", True, False)), False): "smollm",  # each digit apart, then GPT-2's
-    ((("split", QWEN2_REGEX, "Isolated", False), ("byte_level", False, False)), False): "qwen2",
+    ((("split", QWEN2_REGEX, "Isolated", False), ("byte_level", False, False)), False): QWEN2_PRE,
     ((("split", LLAMA3_REGEX, "Isolated", False), ("byte_level", False, False)), True): "llama-bpe",
 }
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
@@ -48,12 +54,12 @@ _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 class GgufVocab:
     """What llama.cpp reads of a tokenizer; `tokens`/`types` (and `scores`) have one entry per id."""
 
-    model: str  # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    model: str  # BYTE_BPE or SENTENCEPIECE
     pre: str
     tokens: list[str]
     types: list[int]  # gguf.TokenType values
-    scores: list[float] | None  # "llama" only
-    merges: list[str] | None  # "gpt2" only: "left right", best first
+    scores: list[float] | None  # SentencePiece only
+    merges: list[str] | None  # byte-level BPE only: "left right", best first
     special: dict[str, int]  # "bos"/"eos"/"unk"/"pad" -> id
     add_bos: bool
     add_eos: bool
@@ -215,7 +221,7 @@ def read_vocab(tokenizer_dir: Path, vocab_size: int, fallback_ids: dict[str, int
     if add_bos and "bos" not in special or add_eos and "eos" not in special:
         raise LorakitError(f"{path}: the tokenizer adds a bos/eos token it does not name; set bos_token/eos_token in "
                            f"{tokenizer_dir / 'tokenizer_config.json'}")
-    return GgufVocab(model="llama" if spm else "gpt2", pre=pre, tokens=tokens, types=types,
+    return GgufVocab(model=SENTENCEPIECE if spm else BYTE_BPE, pre=pre, tokens=tokens, types=types,
                      scores=scores if spm else None, merges=None if spm else [f"{a} {b}" for a, b in pairs], special=special,
                      add_bos=add_bos, add_eos=add_eos, add_space_prefix=bool(prefix),
                      chat_template=_chat_template(tokenizer_dir, config))

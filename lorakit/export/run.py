@@ -36,20 +36,39 @@ def _check_out(out: Path, adapter_dir: Path, spec: str, force: bool) -> None:
         raise LorakitError(f"--out {out} exists; pass --force to replace it, or choose another file")
 
 
+def _check_fits(adapter_dir: Path, config) -> None:
+    """Refuse, before writing, an adapter whose modules or shapes are not the base's: lorakit's own
+    loader checks it against the base built on the meta device (no weights read)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.adapters.io import AdapterLoadError, prepare_adapter
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    try:
+        prepare_adapter(skeleton, adapter_dir)
+    except AdapterLoadError as exc:
+        raise LorakitError(f"{exc} (pass the base it was trained on with --model)") from None
+
+
 def export_adapter(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None,
                    outtype: str = "f32", force: bool = False) -> dict:
     """Adapter GGUF + Modelfile (FROM the base, ADAPTER the file). Returns the paths written."""
     from transformers import AutoConfig
 
-    from lorakit.export.gguf_adapter import write_adapter_gguf
+    from lorakit.export.gguf_adapter import check_outtype, write_adapter_gguf
     from lorakit.export.modelfile import modelfile_path, write_modelfile
     from lorakit.models import gguf_file, resolve_model
 
+    check_outtype(outtype)
     adapter_dir, out = Path(adapter_dir), Path(out)
     spec = _base_spec(model, adapter_dir)
     _check_out(out, adapter_dir, spec, force)
     base_dir = resolve_model(spec)
-    write_adapter_gguf(adapter_dir, out, AutoConfig.from_pretrained(str(base_dir)), outtype=outtype)
+    config = AutoConfig.from_pretrained(str(base_dir))
+    _check_fits(adapter_dir, config)
+    write_adapter_gguf(adapter_dir, out, config, outtype=outtype)
     base = gguf_file(spec) or base_dir.resolve()
     modelfile = write_modelfile(modelfile_path(out), base, f"./{out.name}", _chat_template(base_dir))
     return {"gguf": str(out), "modelfile": str(modelfile), "base": str(base)}
@@ -72,12 +91,14 @@ def export_merged(adapter_dir: str | os.PathLike, out: str | os.PathLike, *, mod
     """Merged model GGUF + Modelfile (FROM the file). `quantize` as `lorakit merge --quantize`
     (how the base was quantized in training: QLoRA's nf4). Returns the paths written."""
     from lorakit.adapters import load_adapter
+    from lorakit.export.encode import ggml_type
     from lorakit.export.modelfile import modelfile_path, write_modelfile
     from lorakit.export.names import gguf_target
     from lorakit.merge import merge_to_dense
     from lorakit.models import gguf_file, resolve_model
     from lorakit.quant.load import load_base_model, parse_quantize
 
+    ggml_type(outtype)  # an unknown --outtype fails before the base is loaded
     adapter_dir, out = Path(adapter_dir), Path(out)
     spec = _base_spec(model, adapter_dir)
     _check_out(out, adapter_dir, spec, force)

@@ -40,7 +40,7 @@ def evaluated(tiny_model_dir, prepared, tmp_path_factory):
     (root / "style" / "metrics.jsonl").write_text("".join(
         json.dumps({"step": s, "loss": 5.0 - 0.1 * s}) + "\n" for s in range(1, 6)) + json.dumps(
         {"step": 5, "eval_loss": 4.7, "eval_ppl": 110.0}) + "\n")
-    report = run_eval(str(tiny_model_dir), adapters, prepared, root / "report", **SMALL)
+    report = run_eval(str(tiny_model_dir), adapters, prepared, root / "report", precision="fp32", **SMALL)
     return report, root / "report"
 
 

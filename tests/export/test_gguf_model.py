@@ -13,8 +13,6 @@ rank/alpha pattern each.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -25,35 +23,11 @@ from lorakit.export.gguf_model import write_model_gguf
 from tests.adapters.helpers import randomize_adapter
 from tests.export.llama import (import_llama_cpp, llama, llama_greedy, llama_logits, lorakit_greedy, rounding_bound,
                                 with_ggml_gelu)
+from tests.export.tiny import ARCHS, tiny_config, tiny_folder_of, tokenizer_dir
 
 PROMPT = ("Anna Karenina sat by the window and thought about the letter she had received from her brother, "
           "and of the 3 roads to Moscow.")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-ARCHS = ("llama", "llama3-rope", "qwen2", "gemma3")
-
-
-def _config(arch: str, vocab: int):
-    import transformers as tf
-
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    if arch == "llama":
-        return tf.LlamaConfig(**common, tie_word_embeddings=True)
-    if arch == "llama3-rope":  # long wavelengths divided, short kept, those between interpolated
-        rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
-        return tf.LlamaConfig(**common, tie_word_embeddings=False, rope_parameters=rope)
-    if arch == "qwen2":
-        return tf.Qwen2Config(**common, tie_word_embeddings=False)
-    # a window shorter than prompt + continuation, so the sliding layers' mask matters
-    return tf.Gemma3TextConfig(**common, head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
-                               layer_types=["sliding_attention", "full_attention"])
-
-
-def _tokenizer_dir(arch: str):
-    from lorakit.models import resolve_model
-
-    return resolve_model("gemma3-270m" if arch == "gemma3" else "smollm2-135m-instruct")
+MERGED_ONLY = ("dora", "qlora")  # what an adapter GGUF cannot hold, and an adapter trained on a 4-bit base
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +38,8 @@ def llama_cpp():
 @pytest.fixture(scope="module")
 def tiny_folder(request, tmp_path_factory):
     """(arch, HF folder with a tiny random model and a real tokenizer, its f32 GGUF)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     arch = request.param
-    source = _tokenizer_dir(arch)
-    tok = AutoTokenizer.from_pretrained(str(source))
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(_config(arch, len(tok)))
-    with torch.no_grad():
-        for p in model.parameters():  # norms off 1, biases off 0: every tensor matters to the comparison
-            p.add_(torch.randn_like(p) * 0.05)
-        model.get_input_embeddings().weight.mul_(20.0)  # logits of a few units, not a near tie everywhere
-    folder = tmp_path_factory.mktemp(arch) / "model"
-    model.save_pretrained(folder)
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy(source / name, folder / name)
+    folder, model = tiny_folder_of(arch, tmp_path_factory.mktemp(arch) / "model")
     gguf = write_model_gguf(folder.parent / "base.gguf", model.state_dict(), model.config, folder, outtype="f32")
     return arch, folder, gguf
 
@@ -118,12 +78,15 @@ def test_model_gguf_alone_gives_lorakit_outputs(tiny_folder, llama_cpp):
     assert llama_greedy(llm, ids[0].tolist()) == lorakit_greedy(model, ids, None)
 
 
-def _adapter(model, folder, out, variant: str):
-    """A random adapter on `model` saved at `out` (`variant`: lora, rslora, or a PEFT-written rank and
-    alpha pattern loaded into lorakit), moving the logits by a few units."""
-    untied = not model.config.tie_word_embeddings
+def _adapter(folder, out, variant: str):
+    """A random adapter on the model in `folder`, saved at `out`, moving the logits by a few units;
+    returns lorakit's adapted model. `variant`: lora, rslora, dora, qlora (LoRA on lorakit's NF4
+    base), or rank_pattern (written by PEFT with per-module ranks and alphas, loaded into lorakit)."""
+    from lorakit.quant.load import load_base_model
+
+    model = _lorakit(folder)[0]
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    targets += ["embed_tokens", "lm_head"] if untied else []
+    targets += ["embed_tokens", "lm_head"] if not model.config.tie_word_embeddings else []
     if variant == "rank_pattern":
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
@@ -137,11 +100,13 @@ def _adapter(model, folder, out, variant: str):
                 if "lora_" in name:
                     p.copy_(torch.randn_like(p) * 0.1)
         peft_model.save_pretrained(out)
-        peft_model.unload()
         net, _ = _lorakit(folder)
         load_adapter(net, out, "default")
         return net
-    add_adapter(model, LoraConfig(r=8, alpha=16, use_rslora=variant == "rslora", target_modules=targets))
+    if variant == "qlora":
+        model, _ = load_base_model(str(folder), "nf4", with_tokenizer=False)
+    add_adapter(model, LoraConfig(r=8, alpha=16, use_rslora=variant == "rslora", use_dora=variant == "dora",
+                                  target_modules=targets))
     randomize_adapter(model)
     save_adapter(model, out, base_model_name_or_path=str(folder))
     return model
@@ -149,7 +114,7 @@ def _adapter(model, folder, out, variant: str):
 
 # Gemma's 262k-token vocabulary makes its cases the slow ones: its names and layout are checked by
 # LoRA in the everyday suite, the scalings (family-independent) by the other families
-CASES = [(arch, variant) for arch in ARCHS for variant in ("lora", "rslora", "rank_pattern")]
+CASES = [(arch, variant) for arch in ARCHS for variant in ("lora", "rslora", "rank_pattern", *MERGED_ONLY)]
 
 
 @pytest.mark.parametrize(("tiny_folder", "variant"), [
@@ -160,18 +125,21 @@ def test_adapter_and_merged_gguf_give_lorakit_outputs(tiny_folder, variant, llam
     base, tok = _lorakit(folder)
     ids = _ids(tok)
     base_logits = _logits(base, ids)[1]
-    net = _adapter(_lorakit(folder)[0], folder, tmp_path / "ad", variant)
+    net = _adapter(folder, tmp_path / "ad", variant)
     ours = _logits(net, ids)[1]
     effect = (ours - base_logits).abs().max().item()
-    assert effect > 0.1 * base_logits.abs().max().item()  # the adapter matters to the comparison
+    assert effect > 0.05 * base_logits.abs().max().item()  # the adapter matters to the comparison
     noise = (llama_logits(llama(llama_cpp, gguf), ids[0].tolist()) - base_logits).abs().max().item()
     bound = noise + rounding_bound(effect, net.config)
     expected = lorakit_greedy(net, ids, None)
     common = ["--adapter", str(tmp_path / "ad"), "--model", str(folder)]
-    assert main(["export", *common, "--out", str(tmp_path / "ad.gguf")]) == 0
-    assert main(["export", *common, "--out", str(tmp_path / "m.gguf"), "--merged", "--outtype", "f32"]) == 0
-    for kind, llm in (("adapter", llama(llama_cpp, gguf, tmp_path / "ad.gguf")),
-                      ("merged", llama(llama_cpp, tmp_path / "m.gguf"))):
+    quantize = ["--quantize", "nf4"] if variant == "qlora" else []
+    assert main(["export", *common, "--out", str(tmp_path / "m.gguf"), "--merged", "--outtype", "f32", *quantize]) == 0
+    runs = [("merged", llama(llama_cpp, tmp_path / "m.gguf"))]
+    if variant not in MERGED_ONLY:
+        assert main(["export", *common, "--out", str(tmp_path / "ad.gguf")]) == 0
+        runs.append(("adapter", llama(llama_cpp, gguf, tmp_path / "ad.gguf")))
+    for kind, llm in runs:
         diff = (llama_logits(llm, ids[0].tolist()) - ours).abs().max().item()
         print(f"{arch} {variant} {kind} GGUF: max |logits llama.cpp - lorakit| {diff:.2e}, base noise {noise:.2e},"
               f" adapter effect {effect:.2f}, bound {bound:.2e}")
@@ -185,9 +153,9 @@ def test_llama_cpp_tokenizes_as_the_hugging_face_tokenizer(arch, llama_cpp, tmp_
     Hugging Face tokenizer gives (Gutenberg prose, digits, runs of spaces, newlines, added tokens)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = _tokenizer_dir(arch)
+    source = tokenizer_dir(arch)
     tok = AutoTokenizer.from_pretrained(str(source))
-    model = AutoModelForCausalLM.from_config(_config(arch, len(tok)))
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tok)))
     path = write_model_gguf(tmp_path / "t.gguf", model.state_dict(), model.config, source, outtype="f16")
     llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     texts = [PROMPT, "“Well, Prince, so Genoa and Lucca are now just family estates of the Buonapartes.”",
@@ -205,7 +173,7 @@ def test_unsupported_families_and_tokenizers_are_refused_before_writing(tmp_path
 
     phi3 = tiny_model("phi3")
     with pytest.raises(LorakitError) as err:
-        write_model_gguf(tmp_path / "x.gguf", phi3.state_dict(), phi3.config, _tokenizer_dir("llama"))
+        write_model_gguf(tmp_path / "x.gguf", phi3.state_dict(), phi3.config, tokenizer_dir("llama"))
     assert "\n" not in str(err.value) and "phi3" in str(err.value)
     folder = tmp_path / "tok"
     folder.mkdir()
