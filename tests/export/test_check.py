@@ -289,7 +289,7 @@ def test_train_warns_what_vllm_and_llama_cpp_refuse_in_the_adapter_it_saved(tmp_
                  "dora", "--rank", "4", "--max-steps", "1", "--max-seq-len", "64", "--no-progress",
                  "--threads", "1"]) == 0
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("vllm: refused: use_dora=true" in m for m in warned)
+    assert any("vllm: refused: use_dora=true" in m for m in warned), warned
     assert any("llama.cpp: refused: use_dora" in m for m in warned)
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
 
