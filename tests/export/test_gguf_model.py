@@ -183,3 +183,36 @@ def test_unsupported_families_and_tokenizers_are_refused_before_writing(tmp_path
         write_model_gguf(tmp_path / "x.gguf", llama_model.state_dict(), llama_model.config, folder)
     assert str(folder / "tokenizer.json") in str(err.value)
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".x.gguf*"))
+
+
+# unit roundoff of each adapter encoding, relative to the largest value of a block: f16 and bf16 per
+# element (2^-11, 2^-8), q8_0 half a step of max/127 per block of 32 (ggml-quants.c, quantize_row_q8_0)
+UNIT = {"f16": 2.0**-11, "bf16": 2.0**-8, "q8_0": 1 / 254}
+
+
+@pytest.mark.parametrize("outtype", list(UNIT))
+@pytest.mark.parametrize("tiny_folder", ["qwen2"], indirect=True)
+def test_adapter_gguf_in_each_outtype_runs_in_llama_cpp(tiny_folder, outtype, llama_cpp, tmp_path):
+    """An adapter written in f16, bf16 or q8_0: llama.cpp's logits move from lorakit's by no more than
+    the base's gap plus the rounding of both factors, 2u of the adapter's effect per product term,
+    with the rank's r independent rounding errors adding in quadrature (sqrt(r): the statistical
+    rule for rounding errors, Higham, Accuracy and Stability of Numerical Algorithms, sec. 2.8); in
+    f16 llama.cpp keeps lorakit's greedy tokens."""
+    arch, folder, gguf = tiny_folder
+    base, tok = _lorakit(folder)
+    ids = _ids(tok)
+    base_logits = _logits(base, ids)[1]
+    net = _adapter(folder, tmp_path / "ad", "lora")
+    ours = _logits(net, ids)[1]
+    effect = (ours - base_logits).abs().max().item()
+    noise = (llama_logits(llama(llama_cpp, gguf), ids[0].tolist()) - base_logits).abs().max().item()
+    assert main(["export", "--adapter", str(tmp_path / "ad"), "--out", str(tmp_path / "ad.gguf"),
+                 "--outtype", outtype]) == 0
+    diff = (llama_logits(llama(llama_cpp, gguf, tmp_path / "ad.gguf"), ids[0].tolist()) - ours).abs().max().item()
+    print(f"{arch} adapter GGUF in {outtype}: max |logits llama.cpp - lorakit| {diff:.2e}, base noise {noise:.2e}, "
+          f"adapter effect {effect:.2f}, bound {noise + effect * 2 * UNIT[outtype] * 8**0.5:.2e}")
+    bound = noise + effect * 2 * UNIT[outtype] * 8**0.5  # the adapter's rank: 8
+    assert noise < diff <= bound  # the encoding really rounded, and no more than it may
+    if outtype == "f16":  # at 8 bits a random tiny model's near ties flip (greedy is compared in f32 above)
+        assert llama_greedy(llama(llama_cpp, gguf, tmp_path / "ad.gguf"), ids[0].tolist()) == \
+            lorakit_greedy(net, ids, None)
