@@ -20,6 +20,7 @@ import torch
 
 from lorakit.adapters import LoraConfig, add_adapter, save_adapter
 from lorakit.cli import main
+from lorakit.models import resolve_model
 from tests.adapters.helpers import randomize_adapter
 from tests.export.llama import import_llama_cpp, llama, llama_greedy, llama_logits, lorakit_greedy, rounding_bound
 
@@ -102,6 +103,21 @@ def test_adapter_and_merged_gguf_give_lorakit_outputs(variant, llama_cpp, smollm
     diff = (llama_logits(merged, ids[0].tolist()) - ours).abs().max().item()
     lin_noise = (llama_logits(llama(llama_cpp, merged_base), ids[0].tolist()) - base_logits).abs().max().item()
     print(f"{variant} merged GGUF: max |logits llama.cpp - lorakit| {diff:.2e} (its base: {lin_noise:.2e})")
+
+    # merged from the Hugging Face folder lorakit loads, seen as a plain folder (lorakit's SOURCE note
+    # left out, so the whole model is written, in f32): compared
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    for path in resolve_model("smollm2-135m-instruct").iterdir():
+        if path.name != "SOURCE":
+            (folder / path.name).symlink_to(path)
+    assert main(["export", "--adapter", str(tmp_path / "ad"), "--out", str(tmp_path / "hf.gguf"), "--merged",
+                 "--outtype", "f32", "--model", str(folder)]) == 0
+    whole = llama(llama_cpp, str(tmp_path / "hf.gguf"))
+    diff = (llama_logits(whole, ids[0].tolist()) - ours).abs().max().item()
+    print(f"{variant} merged GGUF from the HF folder: max |logits llama.cpp - lorakit| {diff:.2e}")
+    assert diff <= noise + rounding
+    assert llama_greedy(whole, ids[0].tolist()) == expected
 
 
 def _assert_merged_tensors_equal(path, net) -> None:
