@@ -38,6 +38,8 @@ class ArchFacts:
     adapted_linears: int
     adapted_in_features: int  # sum of in_features over adapted linears
     input_embedding_params: int = 0  # only when not tied to the output head
+    untied_head_params: int = 0  # the output head's weight when it is not the input embedding's
+    head_rows: int = 0
     checkpoint_fp32: bool = False  # config.json says the weights are stored in float32
     saved_input_groups: dict[int, int] = field(default_factory=dict)  # in_features -> inputs saved per layer
     # per layer and token: saved linear inputs that lean layers recompute (norm outputs, gated product)
@@ -112,6 +114,7 @@ def arch_facts(config, rank: int, targets: list[str] | str, method: str) -> Arch
     per_layer = {k: -(-v // n_layers) for k, v in per_layer.items()}  # per layer, rounded up
     embed, head = model.get_input_embeddings(), model.get_output_embeddings()
     untied_embed = 0 if embed is None or (head is not None and head.weight is embed.weight) else embed.weight.numel()
+    untied_head = 0 if head is None or (embed is not None and head.weight is embed.weight) else head.weight.numel()
     heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
@@ -120,7 +123,8 @@ def arch_facts(config, rank: int, targets: list[str] | str, method: str) -> Arch
         intermediate=_intermediate(config), heads=heads, kv_dim=kv_heads * head_dim, vocab=int(config.vocab_size),
         params=params, linear_params=linear_params, linear_bias_params=bias_params,
         adapter_params=adapter_params, adapted_linears=adapted, adapted_in_features=adapted_in,
-        saved_input_groups=per_layer, input_embedding_params=untied_embed,
+        saved_input_groups=per_layer, input_embedding_params=untied_embed, untied_head_params=untied_head,
+        head_rows=0 if head is None else int(head.weight.shape[0]),
         recomputable_inputs=-(-sum(in_f for _, _, in_f in recomputable) // n_layers),
         checkpoint_fp32=stored.replace("torch.", "") == "float32",
     )

@@ -8,7 +8,8 @@ Assumptions (each a parameter or a constant documented here):
   fp32 states per trained weight. Activations are counted as fp32 eager training's, which bf16
   autocast and --compile undercut (`BF16_NOTE`);
 * ``qlora``: transformer-block linears stored as NF4 (4.127 bits per weight, see
-  `lorakit.quant.nf4`), embeddings / norms / output head in fp32; ``lora``: all weights fp32;
+  `lorakit.quant.nf4`), an untied output head in int8 (one fp32 scale per row), embeddings and
+  norms in fp32; ``lora``: all weights fp32;
 * the loss is a chunked cross entropy over `loss_chunk_tokens` tokens at a time;
 * with --release-memory, large tensors are returned to the OS when freed
   (`lorakit.runtime.memory.lean_malloc`), so resident memory follows live tensors; without it
@@ -121,8 +122,11 @@ def weight_bytes(arch: ArchFacts, method: str, frozen_bf16: bool = False) -> int
         return FP32 * (arch.params - held) + BF16 * held
     if method != "qlora":
         return FP32 * arch.params
-    dense = arch.params - arch.linear_params
-    return int(FP32 * dense + NF4_BYTES_PER_WEIGHT * arch.linear_params)
+    # `lorakit train --method qlora` holds an untied head in int8 with one fp32 scale per row
+    head = arch.untied_head_params
+    dense = arch.params - arch.linear_params - head
+    int8_head = head + (FP32 * arch.head_rows if head else 0)
+    return int(FP32 * dense + NF4_BYTES_PER_WEIGHT * arch.linear_params + int8_head)
 
 
 def estimate(config_or_model_spec, method: str = "lora", batch_size: int = 1, seq_len: int = 512, rank: int = 16,

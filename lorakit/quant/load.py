@@ -22,7 +22,7 @@ from torch import nn
 from lorakit.errors import LorakitError
 from lorakit.models import _quiet_transformers, load_tokenizer, resolve_model
 from lorakit.runtime.memory import release_free_heap
-from lorakit.quant.model import METHODS, quant_class, quantizable_linears, replace_module
+from lorakit.quant.model import METHODS, output_head_names, quant_class, quantizable_linears, replace_module
 
 QUANTIZE_CHOICES = ("none", *METHODS)  # values of --quantize on generate, serve and merge
 
@@ -95,20 +95,28 @@ def build_on_meta(config) -> nn.Module:
 
 def load_quantized(spec: str | os.PathLike | None = None, method: str = "nf4", *, skip: list[str] | None = None,
                    dtype: torch.dtype = torch.float32, with_tokenizer: bool = False,
-                   device: str | torch.device = "cpu"):
+                   device: str | torch.device = "cpu", head: str | None = None):
     """Load model `spec` (alias, .gguf or HF directory) with `method`-quantized linears.
 
     Returns ``(model, tokenizer or None)``; non-linear weights are kept in `dtype` (fp32 for CPU
-    compute). The output head stays dense. The model is built on the CPU, then moved to `device`.
+    compute). The output head stays dense, unless `head` names a method for it and it is not tied
+    to the input embedding (a tied head is the embedding's table: quantizing it would add a copy).
+    The model is built on the CPU, then moved to `device`.
     """
     from transformers import AutoConfig, GenerationConfig
 
     _quiet_transformers()
-    cls = quant_class(method)
+    quant_class(method)  # an unknown method fails before any loading
     path = resolve_model(spec)
     files = tensor_files(path)
     model = build_on_meta(AutoConfig.from_pretrained(str(path)))
-    for name, module in quantizable_linears(model, skip):
+    layers = quantizable_linears(model, skip)
+    heads = sorted(output_head_names(model))
+    if head is not None and len(heads) == 1 and not getattr(model.config.get_text_config(), "tie_word_embeddings",
+                                                            False):
+        layers.append((heads[0], model.get_submodule(heads[0])))
+    for name, module in layers:
+        cls = quant_class(head if name in heads else method)
         weight = read_tensor(files, f"{name}.weight")
         if not isinstance(module, nn.Linear):  # GPT-2's Conv1D stores (in, out)
             weight = weight.T
@@ -142,18 +150,18 @@ def parse_quantize(value: str | None) -> str | None:
 
 
 def load_base_model(spec: str | os.PathLike | None = None, quantize: str | None = None, *,
-                    with_tokenizer: bool = True, device: str | torch.device = "cpu"):
+                    with_tokenizer: bool = True, device: str | torch.device = "cpu", head: str | None = None):
     """The base model of `lorakit generate`, `serve` and `merge`: ``(model, tokenizer or None)``.
 
     `quantize` None or 'none': the dense fp32 model (`lorakit.models.load_model`). 'nf4' or 'int8':
     the model is built on the meta device and each linear is quantized as it is read from the
     safetensors files (`load_quantized`), so the full fp32 model never exists in memory; embeddings,
     norms and the output head stay fp32, and every forward computes in fp32. Adapters attach to
-    either with `load_adapter` (LoRA layers wrap the quantized linears).
+    either with `load_adapter` (LoRA layers wrap the quantized linears). `head`: see `load_quantized`.
     """
     method = parse_quantize(quantize)  # a bad value fails before any loading
     if method is None:
         from lorakit.models import load_model
 
         return load_model(spec, dtype=torch.float32, device=device, with_tokenizer=with_tokenizer)
-    return load_quantized(spec, method, with_tokenizer=with_tokenizer, device=device)
+    return load_quantized(spec, method, with_tokenizer=with_tokenizer, device=device, head=head)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.quant.linear import QuantLinear
+
 IGNORE = -100
 
 # id of a frozen head weight -> (weak reference to it, its version, dtype, its copy in that dtype):
@@ -57,8 +59,9 @@ class _ChunkedLinearCE(torch.autograd.Function):
             # fp32 logits need no casts, and the in-place steps beat the compiled kernel there, with
             # half its memory (bench/RESULTS.md, round 4); the speed plan's `compiled_loss` says the same
             fused = None
+        w = weight if isinstance(weight, QuantLinear) else _in_dtype(weight, compute, frozen=not weight.requires_grad)
         with torch.autocast(device, enabled=False):
-            return _ChunkedLinearCE._run(ctx, hidden, _in_dtype(weight, compute, frozen=not weight.requires_grad),
+            return _ChunkedLinearCE._run(ctx, hidden, w,
                                          None if bias is None else bias.to(compute),
                                          targets, chunk, softcap, want_h, want_w, want_b, weight, bias, fused)
 
@@ -68,17 +71,20 @@ class _ChunkedLinearCE(torch.autograd.Function):
         grad_w = torch.zeros_like(weight) if want_w else None
         grad_b = torch.zeros_like(bias) if want_b else None
         total = hidden.new_zeros((), dtype=torch.float32)
+        quantized = isinstance(w, QuantLinear)
         for start in range(0, hidden.shape[0], chunk):
             stop = min(start + chunk, hidden.shape[0])
-            h = hidden[start:stop].to(w.dtype)
-            raw = F.linear(h, w, b)
+            h = hidden[start:stop].to(hidden.dtype if quantized else w.dtype)
+            raw = (w.matmul(h) if b is None else w.matmul(h).add_(b)) if quantized else F.linear(h, w, b)
             softmax_and_grad = fused or _softmax_ce_in_place
             loss, grad = softmax_and_grad(raw, targets[start:stop], softcap, want_h or want_w or want_b)
             total += loss
             if grad is None:
                 continue
-            grad = grad.to(w.dtype)  # bf16 GEMMs take a bf16 gradient; no copy in fp32
-            if want_h:
+            grad = grad.to(h.dtype)  # bf16 GEMMs take a bf16 gradient; no copy in fp32
+            if want_h and quantized:
+                grad_h[start:stop] = w.matmul_transposed(grad)
+            elif want_h:
                 if grad_h.dtype == grad.dtype:  # straight into the gradient buffer
                     torch.mm(grad, w, out=grad_h[start:stop])
                 else:
@@ -189,9 +195,12 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, labels: torch.T
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
     targets = flat_labels.index_select(0, keep)
     grad_on = torch.is_grad_enabled()
+    fused = compiled_softmax_ce() if compiled else None
+    if isinstance(head, QuantLinear):  # a frozen quantized head: its rows dequantized chunk by chunk
+        want = (grad_on and h.requires_grad, False, False)
+        return _ChunkedLinearCE.apply(h, head, head.bias, targets, chunk, softcap, want, fused), int(keep.numel())
     want = (grad_on and h.requires_grad, grad_on and head.weight.requires_grad,
             grad_on and head.bias is not None and head.bias.requires_grad)
-    fused = compiled_softmax_ce() if compiled else None
     total = _ChunkedLinearCE.apply(h, head.weight, head.bias, targets, chunk, softcap, want, fused)
     return total, int(keep.numel())
 

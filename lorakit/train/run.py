@@ -85,7 +85,9 @@ def load_base(cfg: TrainConfig, device: torch.device):
     if cfg.method == "qlora":
         from lorakit.quant import load_base_model
 
-        return load_base_model(cfg.model, "nf4", device=device)
+        # the frozen untied head in int8 too: as large as a fifth of a small model, and it only
+        # ever runs forward and its input gradient (issue 18)
+        return load_base_model(cfg.model, "nf4", device=device, head="int8")
     return load_model(cfg.model, device=device)
 
 
