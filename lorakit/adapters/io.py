@@ -111,6 +111,17 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike, name: str = "defa
 def read_adapter_config(path: str | os.PathLike) -> LoraConfig:
     """Parse `adapter_config.json` in directory `path` into a `LoraConfig`."""
     cfg_file = Path(path) / CONFIG_NAME
+    data = read_config_json(path)
+    try:
+        return LoraConfig.from_peft(data, source=str(cfg_file))
+    except LorakitError as exc:
+        raise AdapterLoadError(str(exc)) from None
+
+
+def read_config_json(path: str | os.PathLike) -> dict:
+    """`adapter_config.json` in directory `path` as the JSON object it holds (any peft_type);
+    a missing, unreadable or malformed file is a one-line `AdapterLoadError` naming it."""
+    cfg_file = Path(path) / CONFIG_NAME
     if not cfg_file.is_file():
         raise AdapterLoadError(f"{cfg_file}: not found; an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
@@ -123,10 +134,7 @@ def read_adapter_config(path: str | os.PathLike) -> LoraConfig:
         raise AdapterLoadError(f"{cfg_file}: not valid JSON ({one_line(exc, 120)}); re-save the adapter") from None
     if not isinstance(data, dict):
         raise AdapterLoadError(f"{cfg_file}: expected a JSON object")
-    try:
-        return LoraConfig.from_peft(data, source=str(cfg_file))
-    except LorakitError as exc:
-        raise AdapterLoadError(str(exc)) from None
+    return data
 
 
 def read_adapter_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -8,14 +8,12 @@ through `AdapterFiles`, once.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from lorakit.adapters.config import _check_peft_types
-from lorakit.adapters.io import PREFIX, read_adapter_weights
-from lorakit.errors import LorakitError, one_line
+from lorakit.adapters.io import PREFIX, read_adapter_weights, read_config_json
 
 # the tensor names a LoRA factor has in a PEFT file: module + "." + one of these
 FACTOR_SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B")
@@ -99,15 +97,7 @@ def read_adapter_files(adapter_dir: str | os.PathLike) -> AdapterFiles:
     """Read `adapter_dir`'s config and tensor shapes; a missing or broken file is a one-line error."""
     adapter_dir = Path(adapter_dir)
     cfg_file = adapter_dir / "adapter_config.json"
-    try:
-        config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except OSError:
-        raise LorakitError(f"{cfg_file}: not found; the adapter to check is a folder with adapter_config.json "
-                           "and adapter_model.safetensors") from None
-    except ValueError as exc:
-        raise LorakitError(f"{cfg_file}: not valid JSON ({one_line(exc, 120)}); re-save the adapter") from None
-    if not isinstance(config, dict):
-        raise LorakitError(f"{cfg_file}: expected a JSON object; re-save the adapter")
+    config = read_config_json(adapter_dir)
     _check_peft_types(config, str(cfg_file))  # a rank of "8" or 8.5 is refused in one line, as on load
     shapes = {key: tuple(t.shape) for key, t in read_adapter_weights(adapter_dir).items()}
     return AdapterFiles(adapter_dir, config, shapes)

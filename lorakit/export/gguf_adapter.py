@@ -21,7 +21,6 @@ What such a file cannot hold is refused before anything is written: DoRA's magni
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -76,16 +75,10 @@ def read_factors(adapter_dir: Path) -> tuple[list[ModuleFactors], dict]:
     """The LoRA factors of a PEFT adapter folder, per module, and its config dict.
 
     Refuses (one line, naming the file) what a GGUF adapter cannot hold."""
-    from lorakit.adapters.io import read_adapter_weights
+    from lorakit.adapters.io import read_adapter_weights, read_config_json
 
     cfg_file = adapter_dir / "adapter_config.json"
-    try:
-        config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except OSError:
-        raise LorakitError(f"{cfg_file}: not found; --adapter is a folder with adapter_config.json and "
-                           "adapter_model.safetensors") from None
-    except ValueError as exc:
-        raise LorakitError(f"{cfg_file}: not valid JSON ({exc}); re-save the adapter") from None
+    config = read_config_json(adapter_dir)
     refused = config_refusals(config, cfg_file)
     if refused:
         raise LorakitError(next(iter(refused.values())))
