@@ -61,12 +61,12 @@ class _ChunkedLinearCE(torch.autograd.Function):
             fused = None
         w = weight if isinstance(weight, QuantLinear) else _in_dtype(weight, compute, frozen=not weight.requires_grad)
         with torch.autocast(device, enabled=False):
-            return _ChunkedLinearCE._run(ctx, hidden, w,
+            return _ChunkedLinearCE._run(ctx, hidden, w, compute,
                                          None if bias is None else bias.to(compute),
                                          targets, chunk, softcap, want_h, want_w, want_b, weight, bias, fused)
 
     @staticmethod
-    def _run(ctx, hidden, w, b, targets, chunk, softcap, want_h, want_w, want_b, weight, bias, fused):
+    def _run(ctx, hidden, w, compute, b, targets, chunk, softcap, want_h, want_w, want_b, weight, bias, fused):
         grad_h = torch.empty_like(hidden) if want_h else None
         grad_w = torch.zeros_like(weight) if want_w else None
         grad_b = torch.zeros_like(bias) if want_b else None
@@ -74,7 +74,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
         quantized = isinstance(w, QuantLinear)
         for start in range(0, hidden.shape[0], chunk):
             stop = min(start + chunk, hidden.shape[0])
-            h = hidden[start:stop].to(hidden.dtype if quantized else w.dtype)
+            h = hidden[start:stop].to(compute if quantized else w.dtype)  # a quantized head dequantizes into it
             raw = (w.matmul(h) if b is None else w.matmul(h).add_(b)) if quantized else F.linear(h, w, b)
             softmax_and_grad = fused or _softmax_ce_in_place
             loss, grad = softmax_and_grad(raw, targets[start:stop], softcap, want_h or want_w or want_b)

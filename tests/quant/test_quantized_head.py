@@ -45,3 +45,16 @@ def test_only_an_untied_head_is_quantized(arch, quantized, tmp_path):
     with torch.no_grad():  # the head's int8 rounding is small beside the logits
         gap = (loaded(ids).logits - load_quantized(str(tmp_path), "nf4")[0](ids).logits).abs().max()
     assert bool(gap > 0) == quantized and gap < 0.05
+
+
+def test_under_bf16_autocast_an_int8_head_runs_its_gemms_in_bf16_like_a_dense_head():
+    torch.manual_seed(1)
+    head = Int8Linear.from_weight(torch.randn(300, 16))
+    dense = head.to_dense()
+    hidden = torch.randn(1, 40, 16)
+    labels = torch.randint(0, 300, (1, 40))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = chunked_cross_entropy(hidden, head, labels)[0]
+        want = chunked_cross_entropy(hidden, dense, labels)[0]
+    fp32 = chunked_cross_entropy(hidden, dense, labels)[0]
+    assert got == want and got != fp32  # bf16 GEMMs on both, the same weights in bf16
