@@ -9,12 +9,21 @@ from __future__ import annotations
 import torch
 
 
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) float -> int8 (out, in), fp32 scales (out,)."""
-    w = weight.detach().float()
-    scale = w.abs().amax(dim=1) / 127
-    q = torch.round(w / scale.clamp_min(torch.finfo(torch.float32).tiny)[:, None])
-    return q.clamp_(-127, 127).to(torch.int8), scale
+def quantize_int8(weight: torch.Tensor, chunk_elements: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float -> int8 (out, in), fp32 scales (out,).
+
+    A few rows at a time (about `chunk_elements` values), so the fp32 temporaries of a large
+    matrix (an output head) never exist whole; each row is quantized on its own either way."""
+    out_f, in_f = weight.shape
+    q = torch.empty((out_f, in_f), dtype=torch.int8, device=weight.device)
+    scale = torch.empty(out_f, dtype=torch.float32, device=weight.device)
+    rows = max(1, chunk_elements // max(1, in_f))
+    for start in range(0, out_f, rows):
+        w = weight[start:start + rows].detach().float()
+        s = w.abs().amax(dim=1) / 127
+        scale[start:start + rows] = s
+        q[start:start + rows] = torch.round(w / s.clamp_min(torch.finfo(torch.float32).tiny)[:, None]).clamp_(-127, 127)
+    return q, scale
 
 
 def dequantize_int8_rows(q: torch.Tensor, scale: torch.Tensor, start: int, end: int,

@@ -58,3 +58,14 @@ def test_under_bf16_autocast_an_int8_head_runs_its_gemms_in_bf16_like_a_dense_he
         want = chunked_cross_entropy(hidden, dense, labels)[0]
     fp32 = chunked_cross_entropy(hidden, dense, labels)[0]
     assert got == want and got != fp32  # bf16 GEMMs on both, the same weights in bf16
+
+
+def test_int8_quantization_a_few_rows_at_a_time_equals_it_at_once():
+    from lorakit.quant.int8 import quantize_int8
+
+    torch.manual_seed(2)
+    w = torch.randn(37, 24)
+    w[5] = 0.0  # a zero row keeps a zero scale and zero values
+    whole, some = quantize_int8(w, chunk_elements=1 << 30), quantize_int8(w, chunk_elements=50)
+    assert torch.equal(whole[0], some[0]) and torch.equal(whole[1], some[1])
+    assert whole[1][5] == 0 and whole[0][5].abs().max() == 0
