@@ -130,7 +130,7 @@ class LoraConfig:
                                "lorakit reads LORA adapters only")
         if "r" not in data:
             raise LorakitError(f"{source}: required field 'r' is missing")
-        _check_peft_types(data, source)
+        check_peft_types(data, source)
         if data.get("lora_bias"):
             raise LorakitError(f"{source}: lora_bias=true is not supported; train with bias='none'")
         init = data.get("init_lora_weights", True)
@@ -180,6 +180,13 @@ def pattern_value(patterns: dict, module: str, default):
     return default
 
 
+def peft_scaling(config: dict[str, Any], module: str, rank: int) -> float:
+    """PEFT's scale of one module of an `adapter_config.json` dict, `rank` read from its factors:
+    its alpha (`alpha_pattern`, else `lora_alpha`) over the rank, or over sqrt(rank) with rsLoRA."""
+    alpha = float(pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8)))
+    return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+
 def _check_pattern(name: str, pattern: object, ok, want: str) -> None:
     if not isinstance(pattern, dict) or not all(isinstance(k, str) and ok(v) for k, v in pattern.items()):
         raise LorakitError(f"'{name}' must map module names to {want}, got {short_repr(pattern)}")
@@ -227,7 +234,7 @@ _PEFT_TYPES: dict[str, tuple[str, Any]] = {
 }
 
 
-def _check_peft_types(data: dict[str, Any], source: str) -> None:
+def check_peft_types(data: dict[str, Any], source: str) -> None:
     """Refuse, naming the file and the field, a value of a type PEFT never writes there."""
     for key, (want, ok) in _PEFT_TYPES.items():
         if key in data and not ok(data[key]):

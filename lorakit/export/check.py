@@ -110,8 +110,8 @@ def warn_serving(adapter_dir: str | os.PathLike, config) -> None:
     """Log as warnings what vLLM and llama.cpp would refuse in the adapter just saved; never raises."""
     adapter_dir = Path(adapter_dir)
     try:
-        findings = check_adapter(adapter_dir, "vllm", config=config) + check_adapter(adapter_dir, LLAMA_CPP,
-                                                                                     config=config)
+        files = read_adapter_files(adapter_dir)  # read once for both runtimes
+        findings = check_vllm(files, config) + check_llama_cpp(files, config)
     except Exception as exc:  # a check must never fail the run that just saved its adapter
         log.warning("serving check of %s skipped: %s", adapter_dir, one_line(exc))
         return

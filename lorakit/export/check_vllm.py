@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 
+from lorakit.adapters.config import peft_scaling
 from lorakit.errors import LorakitError
 from lorakit.export.findings import FACTOR_SUFFIXES, AdapterFiles, Finding, split_key
-from lorakit.adapters.config import pattern_value
 from lorakit.naming import name_matches
 
 RUNTIME = "vllm"
@@ -40,18 +40,6 @@ def check_max_lora_rank(value: int | None) -> int:
 
 def _merge_fix(files: AdapterFiles) -> str:
     return f"serve the merged model instead: lorakit merge --adapter {files.dir} --out MERGED_DIR"
-
-
-def _module_scalings(files: AdapterFiles) -> dict[str, float]:
-    """module -> the scale PEFT applies to it (its rank from the tensors, its alpha from alpha_pattern)."""
-    cfg = files.config
-    alpha = float(cfg.get("lora_alpha", 8))
-    alpha_pattern = cfg.get("alpha_pattern") or {}
-    out = {}
-    for module, rank in files.ranks().items():
-        m_alpha = float(pattern_value(alpha_pattern, module, alpha))
-        out[module] = m_alpha / (math.sqrt(rank) if cfg.get("use_rslora") else rank)
-    return out
 
 
 def check_vllm(files: AdapterFiles, config=None, max_lora_rank: int | None = None) -> list[Finding]:
@@ -124,7 +112,8 @@ def _scale_findings(files: AdapterFiles, fix: str) -> list[Finding]:
         return []
     r, alpha = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8))
     global_scale = alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
-    off = sorted(m for m, s in _module_scalings(files).items() if not math.isclose(s, global_scale, rel_tol=1e-6))
+    off = sorted(m for m, rank in files.ranks().items()
+                 if not math.isclose(peft_scaling(cfg, m, rank), global_scale, rel_tol=1e-6))
     if not off:
         return []
     more = f" and {len(off) - 1} more" if len(off) > 1 else ""

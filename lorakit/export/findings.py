@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorakit.adapters.config import _check_peft_types
+from lorakit.adapters.config import check_peft_types
 from lorakit.adapters.io import PREFIX, read_adapter_weights, read_config_json
 
 # the tensor names a LoRA factor has in a PEFT file: module + "." + one of these
@@ -98,6 +98,6 @@ def read_adapter_files(adapter_dir: str | os.PathLike) -> AdapterFiles:
     adapter_dir = Path(adapter_dir)
     cfg_file = adapter_dir / "adapter_config.json"
     config = read_config_json(adapter_dir)
-    _check_peft_types(config, str(cfg_file))  # a rank of "8" or 8.5 is refused in one line, as on load
+    check_peft_types(config, str(cfg_file))  # a rank of "8" or 8.5 is refused in one line, as on load
     shapes = {key: tuple(t.shape) for key, t in read_adapter_weights(adapter_dir).items()}
     return AdapterFiles(adapter_dir, config, shapes)

@@ -21,14 +21,13 @@ What such a file cannot hold is refused before anything is written: DoRA's magni
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from lorakit.adapters.config import pattern_value
+from lorakit.adapters.config import pattern_value, peft_scaling
 from lorakit.errors import LorakitError
 from lorakit.export.encode import ADAPTER_OUTTYPES, encode
 from lorakit.export.names import GgufTarget
@@ -100,20 +99,17 @@ def read_factors(adapter_dir: Path) -> tuple[list[ModuleFactors], dict]:
                                f"a llama.cpp adapter can hold; {MERGED_HINT}")
         parts.setdefault(module, {})[kind[0]] = tensor.float()
         embedding[module] = kind[1]
-    alpha, r = float(config.get("lora_alpha", 8)), int(config.get("r", 8))
-    rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    r, rank_pattern = int(config.get("r", 8)), config.get("rank_pattern") or {}
     out = []
     for module, ab in sorted(parts.items()):
         if set(ab) != {"A", "B"}:
             raise LorakitError(f"{adapter_dir / 'adapter_model.safetensors'}: module {module!r} lacks lora_"
                                f"{'B' if 'A' in ab else 'A'}; re-save the adapter")
-        rank = ab["A"].shape[0]
-        if rank != int(pattern_value(rank_pattern, module, r)):
-            raise LorakitError(f"{cfg_file}: module {module!r} has rank {rank} in the weights but "
-                               f"{pattern_value(rank_pattern, module, r)} in the config; re-save the adapter")
-        a = float(pattern_value(alpha_pattern, module, alpha))
-        scaling = a / (math.sqrt(rank) if config.get("use_rslora") else rank)
-        out.append(ModuleFactors(module, ab["A"], ab["B"], scaling, embedding[module]))
+        rank, want = ab["A"].shape[0], int(pattern_value(rank_pattern, module, r))
+        if rank != want:
+            raise LorakitError(f"{cfg_file}: module {module!r} has rank {rank} in the weights but {want} in the "
+                               "config; re-save the adapter")
+        out.append(ModuleFactors(module, ab["A"], ab["B"], peft_scaling(config, module, rank), embedding[module]))
     if not out:
         raise LorakitError(f"{adapter_dir / 'adapter_model.safetensors'}: holds no LoRA factors")
     return out, config

@@ -53,6 +53,10 @@ def _rope(config, layer_type: str | None = None) -> dict:
     return dict(params)
 
 
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def _llama3_factors(rope: dict, head_dim: int) -> torch.Tensor:
     """Llama 3's rope scaling as llama.cpp's rope_freqs: per frequency, what its angle is divided by.
     Short wavelengths are kept, long ones divided by `factor`, those between interpolated. [head_dim/2]"""
@@ -72,7 +76,7 @@ def _check(config, arch: str) -> None:
     if arch == LLAMA and getattr(config, "sliding_window", None):
         raise _refuse(config, "llama.cpp's llama has no sliding-window attention")
     heads, hidden = config.num_attention_heads, config.hidden_size
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    head_dim = _head_dim(config)
     if arch == QWEN2 and (head_dim * heads != hidden or getattr(config, "use_sliding_window", False)):
         raise _refuse(config, "llama.cpp's qwen2 has heads*head_dim = hidden and no sliding window")
     if arch == GEMMA3:
@@ -90,7 +94,7 @@ def _check(config, arch: str) -> None:
 
 def _add_hparams(writer, config, arch: str, outtype: str) -> None:
     heads, hidden = config.num_attention_heads, config.hidden_size
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    head_dim = _head_dim(config)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(hidden)
     writer.add_block_count(config.num_hidden_layers)
@@ -148,8 +152,7 @@ def _gguf_tensors(tensors: Mapping[str, torch.Tensor], target: GgufTarget, confi
             value = value + 1.0
         out[name] = value
     if target.arch == LLAMA and _rope(config).get("rope_type") == "llama3":
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        out[gguf.TENSOR_NAMES[T.ROPE_FREQS] + ".weight"] = _llama3_factors(_rope(config), head_dim)
+        out[gguf.TENSOR_NAMES[T.ROPE_FREQS] + ".weight"] = _llama3_factors(_rope(config), _head_dim(config))
     return out
 
 

@@ -39,15 +39,11 @@ def _check_out(out: Path, adapter_dir: Path, spec: str, force: bool) -> None:
 def _check_fits(adapter_dir: Path, config) -> None:
     """Refuse, before writing, an adapter whose modules or shapes are not the base's: lorakit's own
     loader checks it against the base built on the meta device (no weights read)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from lorakit.adapters.io import AdapterLoadError, prepare_adapter
+    from lorakit.quant.load import build_on_meta
 
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
     try:
-        prepare_adapter(skeleton, adapter_dir)
+        prepare_adapter(build_on_meta(config), adapter_dir)
     except AdapterLoadError as exc:
         raise LorakitError(f"{exc} (pass the base it was trained on with --model)") from None
 

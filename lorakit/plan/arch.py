@@ -39,7 +39,6 @@ class ArchFacts:
     adapted_in_features: int  # sum of in_features over adapted linears
     input_embedding_params: int = 0  # only when not tied to the output head
     untied_head_params: int = 0  # the output head's weight when it is not the input embedding's
-    head_rows: int = 0
     checkpoint_fp32: bool = False  # config.json says the weights are stored in float32
     saved_input_groups: dict[int, int] = field(default_factory=dict)  # in_features -> inputs saved per layer
     # per layer and token: saved linear inputs that lean layers recompute (norm outputs, gated product)
@@ -124,7 +123,6 @@ def arch_facts(config, rank: int, targets: list[str] | str, method: str) -> Arch
         params=params, linear_params=linear_params, linear_bias_params=bias_params,
         adapter_params=adapter_params, adapted_linears=adapted, adapted_in_features=adapted_in,
         saved_input_groups=per_layer, input_embedding_params=untied_embed, untied_head_params=untied_head,
-        head_rows=0 if head is None else int(head.weight.shape[0]),
         recomputable_inputs=-(-sum(in_f for _, _, in_f in recomputable) // n_layers),
         checkpoint_fp32=stored.replace("torch.", "") == "float32",
     )

@@ -125,7 +125,7 @@ def weight_bytes(arch: ArchFacts, method: str, frozen_bf16: bool = False) -> int
     # `lorakit train --method qlora` holds an untied head in int8 with one fp32 scale per row
     head = arch.untied_head_params
     dense = arch.params - arch.linear_params - head
-    int8_head = head + (FP32 * arch.head_rows if head else 0)
+    int8_head = head + (FP32 * arch.vocab if head else 0)  # one scale per row: a row per token
     return int(FP32 * dense + NF4_BYTES_PER_WEIGHT * arch.linear_params + int8_head)
 
 

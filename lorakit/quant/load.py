@@ -106,15 +106,17 @@ def load_quantized(spec: str | os.PathLike | None = None, method: str = "nf4", *
     from transformers import AutoConfig, GenerationConfig
 
     _quiet_transformers()
-    quant_class(method)  # an unknown method fails before any loading
+    for name in (method, head or method):  # an unknown method fails before any loading
+        quant_class(name)
     path = resolve_model(spec)
     files = tensor_files(path)
     model = build_on_meta(AutoConfig.from_pretrained(str(path)))
     layers = quantizable_linears(model, skip)
     heads = sorted(output_head_names(model))
-    if head is not None and len(heads) == 1 and not getattr(model.config.get_text_config(), "tie_word_embeddings",
-                                                            False):
-        layers.append((heads[0], model.get_submodule(heads[0])))
+    if head is not None and len(heads) == 1:
+        module = model.get_submodule(heads[0])
+        if module.weight is not model.get_input_embeddings().weight:  # a tied head is the embedding's table
+            layers.append((heads[0], module))
     for name, module in layers:
         cls = quant_class(head if name in heads else method)
         weight = read_tensor(files, f"{name}.weight")

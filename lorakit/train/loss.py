@@ -74,7 +74,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
         quantized = isinstance(w, QuantLinear)
         for start in range(0, hidden.shape[0], chunk):
             stop = min(start + chunk, hidden.shape[0])
-            h = hidden[start:stop].to(compute if quantized else w.dtype)  # a quantized head dequantizes into it
+            h = hidden[start:stop].to(compute)  # a dense head is in it already; a quantized one dequantizes into it
             raw = (w.matmul(h) if b is None else w.matmul(h).add_(b)) if quantized else F.linear(h, w, b)
             softmax_and_grad = fused or _softmax_ce_in_place
             loss, grad = softmax_and_grad(raw, targets[start:stop], softcap, want_h or want_w or want_b)
@@ -196,12 +196,12 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, labels: torch.T
     targets = flat_labels.index_select(0, keep)
     grad_on = torch.is_grad_enabled()
     fused = compiled_softmax_ce() if compiled else None
-    if isinstance(head, QuantLinear):  # a frozen quantized head: its rows dequantized chunk by chunk
-        want = (grad_on and h.requires_grad, False, False)
-        return _ChunkedLinearCE.apply(h, head, head.bias, targets, chunk, softcap, want, fused), int(keep.numel())
-    want = (grad_on and h.requires_grad, grad_on and head.weight.requires_grad,
+    # a frozen quantized head goes in whole: its rows are dequantized chunk by chunk
+    quantized = isinstance(head, QuantLinear)
+    weight = head if quantized else head.weight
+    want = (grad_on and h.requires_grad, grad_on and not quantized and weight.requires_grad,
             grad_on and head.bias is not None and head.bias.requires_grad)
-    total = _ChunkedLinearCE.apply(h, head.weight, head.bias, targets, chunk, softcap, want, fused)
+    total = _ChunkedLinearCE.apply(h, weight, head.bias, targets, chunk, softcap, want, fused)
     return total, int(keep.numel())
 
 
