@@ -32,6 +32,25 @@ from lorakit.plan.arch import ArchFacts
 
 FP32 = 4
 
+# Most logits one chunk of the loss holds (2^25 values). A vocabulary of a few hundred thousand at
+# 1024 tokens a chunk made the loss the largest tensor of a step (issue 18); at this size each
+# chunk's head GEMM still has hundreds of rows.
+LOGITS_BUDGET = 1 << 25
+MIN_CHUNK_TOKENS = 64
+
+
+def loss_chunk_tokens(vocab: int, asked: int | None = None) -> int:
+    """Most tokens per chunk of the loss: `asked` (--loss-chunk), else as many as `LOGITS_BUDGET` allows."""
+    return asked if asked else max(MIN_CHUNK_TOKENS, LOGITS_BUDGET // max(vocab, 1))
+
+
+def even_chunk(tokens: int, most: int) -> int:
+    """The chunk size that splits `tokens` into as few chunks of at most `most` as possible, evenly."""
+    if tokens <= 0:
+        return most
+    pieces = -(-tokens // most)
+    return -(-tokens // pieces)
+
 
 def saved_bytes_per_token_per_layer(arch: ArchFacts, method: str, rank: int, lora_dropout: float,
                                     lean: bool = False) -> int:
@@ -67,7 +86,8 @@ def activation_bytes(arch: ArchFacts, method: str, tokens: int, rank: int, grad_
     return tokens * (arch.layers * layer + work + first_norm)
 
 
-def loss_bytes(arch: ArchFacts, tokens: int, loss_chunk_tokens: int) -> int:
-    """Peak bytes of the chunked loss: one chunk's logits buffer, the labelled hidden states and dL/dh."""
-    chunk = min(tokens, loss_chunk_tokens)
+def loss_bytes(arch: ArchFacts, tokens: int, loss_chunk: int | None = None) -> int:
+    """Peak bytes of the chunked loss: one chunk's logits buffer, the labelled hidden states and dL/dh
+    (`loss_chunk`: --loss-chunk, None for the trainer's default)."""
+    chunk = even_chunk(tokens, loss_chunk_tokens(arch.vocab, loss_chunk))
     return FP32 * (chunk * arch.vocab + 2 * tokens * arch.hidden)

@@ -46,8 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=positive_int, default=512)
     p.add_argument("--rank", type=positive_int, default=16)
     p.add_argument("--targets", default="all-linear", help="all-linear, attention, mlp, module names (a,b,c) or a regex, as for train")
-    p.add_argument("--grad-checkpoint", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--loss-chunk-tokens", type=positive_int, default=1024, help="tokens of logits the trainer's loss holds at once")
+    p.add_argument("--grad-checkpoint", action=argparse.BooleanOptionalAction, default=None,
+                   help="as train's --grad-checkpoint (default auto: on for qlora)")
+    p.add_argument("--loss-chunk-tokens", type=positive_int, default=None,
+                   help="tokens of logits the trainer's loss holds at once (default: as train's --loss-chunk)")
     p.add_argument("--release-memory", action=argparse.BooleanOptionalAction, default=False,
                    help="as train's --release-memory: freed memory goes back to the OS (lower peak, slower)")
     p.add_argument("--dropout", type=fraction, default=0.0, help="LoRA dropout (each adapter then keeps a dropped copy of its input)")

@@ -10,7 +10,8 @@ Assumptions (each a parameter or a constant documented here):
 * ``qlora``: transformer-block linears stored as NF4 (4.127 bits per weight, see
   `lorakit.quant.nf4`), an untied output head in int8 (one fp32 scale per row), embeddings and
   norms in fp32; ``lora``: all weights fp32;
-* the loss is a chunked cross entropy over `loss_chunk_tokens` tokens at a time;
+* the loss is a chunked cross entropy over `loss_chunk_tokens` tokens at a time (None: the
+  trainer's default, `lorakit.plan.activations.loss_chunk_tokens`);
 * with --release-memory, large tensors are returned to the OS when freed
   (`lorakit.runtime.memory.lean_malloc`), so resident memory follows live tensors; without it
   (the default: page faults on every fresh tensor cost speed), the C heap keeps freed
@@ -130,7 +131,7 @@ def weight_bytes(arch: ArchFacts, method: str, frozen_bf16: bool = False) -> int
 
 
 def estimate(config_or_model_spec, method: str = "lora", batch_size: int = 1, seq_len: int = 512, rank: int = 16,
-             targets: list[str] | str = "all-linear", loss_chunk_tokens: int = 1024, lora_dropout: float = 0.0,
+             targets: list[str] | str = "all-linear", loss_chunk_tokens: int | None = None, lora_dropout: float = 0.0,
              available: int | None = None, speed: SpeedPlan | None = None) -> Estimate:
     """Predict the peak memory of training `config_or_model_spec` (a transformers config, a
     config.json path, or a model alias/directory) with `method` ('full', 'lora', 'qlora').
@@ -140,7 +141,7 @@ def estimate(config_or_model_spec, method: str = "lora", batch_size: int = 1, se
         raise LorakitError(f"unknown method {method!r}; use one of: {', '.join(METHODS)}")
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("rank", rank),
                         ("loss_chunk_tokens", loss_chunk_tokens)):
-        if value < 1:
+        if value is not None and value < 1:
             raise LorakitError(f"{name} must be a positive integer, got {value}")
     config = load_config(config_or_model_spec)
     if speed is None:

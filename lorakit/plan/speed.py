@@ -54,10 +54,14 @@ class SpeedPlan:
 
 def resolve_speed(*, model_type: str | None, method: str, device: Any, precision: str = "fp32",
                   compile: bool = False, fuse: bool = True, lean_memory: bool = True, attention: str | None = None,
-                  grad_checkpoint: bool = False, release_memory: bool = False) -> SpeedPlan:
+                  grad_checkpoint: bool | None = None, release_memory: bool = False) -> SpeedPlan:
     """The speed plan for training a `model_type` model with `method` on `device` (a torch.device),
-    from the trainer's options of the same names (`TrainConfig.speed_settings()`)."""
+    from the trainer's options of the same names (`TrainConfig.speed_settings()`). `grad_checkpoint`
+    None (auto): on for QLoRA, which is chosen for memory (its recipe checkpoints: Dettmers et al.,
+    2023; PEFT's `prepare_model_for_kbit_training` turns it on too), off otherwise."""
     family = family_of(model_type)
+    if grad_checkpoint is None:
+        grad_checkpoint = method == "qlora"
     resolved = resolve_precision(precision, device, int8=method in INT8_METHODS)
     notes: list[str] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lorakit.argtypes import one_line_errors
-from lorakit.train.config import AUTO_SWITCHES, TrainConfig
+from lorakit.train.config import AUTO_SWITCHES, NUMBERS, TrainConfig
 
 SHORT = {"model": ["-m"], "rank": ["-r"]}
 
@@ -31,11 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument(*names, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=f"{help_text} (default: {default})")
         else:
-            kind = {int: int, float: float}.get(type(default), str)
-            if name in ("max_steps", "threads"):
-                kind = int
-            if name in ("alpha",):
-                kind = float
+            kind = NUMBERS[name][0] if name in NUMBERS else str
             p.add_argument(*names, type=kind, default=argparse.SUPPRESS, help=f"{help_text} (default: {default})")
     p.set_defaults(func=cmd_train)
 

@@ -23,7 +23,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 # numeric settings: (type, lowest allowed, a bound the value must stay below, or None); "+" means
 # greater than 0.
-# None as a value is allowed only where the default is None (max_steps, threads; alpha, then 2 x rank).
+# None as a value is allowed only where the default is None (max_steps, threads, loss_chunk; alpha, then 2 x rank).
 NUMBERS: dict[str, tuple[type, float | str, float | None]] = {
     "rank": (int, "+", None), "batch_size": (int, "+", None), "grad_accum": (int, "+", None),
     "max_seq_len": (int, "+", None), "loss_chunk": (int, "+", None), "max_steps": (int, "+", None),
@@ -33,9 +33,10 @@ NUMBERS: dict[str, tuple[type, float | str, float | None]] = {
     "alpha": (float, "+", None), "lr": (float, "+", None), "epochs": (float, "+", None),
     "dropout": (float, 0, 1.0), "weight_decay": (float, 0, None), "max_grad_norm": (float, 0, None),
 }
-OPTIONAL = ("max_steps", "threads", "alpha")
-# on/off settings whose default, None ("auto"), `lorakit.train.defaults` decides from the data
-AUTO_SWITCHES = ("packing", "mask_prompt")
+OPTIONAL = ("max_steps", "threads", "alpha", "loss_chunk")
+# on/off settings whose default, None ("auto"), is decided at run time: packing and mask_prompt from the
+# data (`lorakit.train.defaults`), grad_checkpoint by the speed plan (`lorakit.plan.speed`)
+AUTO_SWITCHES = ("packing", "mask_prompt", "grad_checkpoint")
 
 
 def _check_number(name: str, value: Any, kind: type, low: float | str, high: float | None) -> None:
@@ -176,9 +177,12 @@ class TrainConfig:
                                     "Default auto: on when it cuts the rows computed by a tenth or more")
     mask_prompt: bool | None = _f(None, "completion-only loss: prompt tokens are not predicted. Default auto: on "
                                         "when the samples have prompts (prompt/completion or chat data)")
-    grad_checkpoint: bool = _f(False, "recompute each layer's activations in backward: less memory, one more "
-                                      "forward pass of compute")
-    loss_chunk: int = _f(1024, "tokens per chunk of the memory-lean cross-entropy")
+    grad_checkpoint: bool | None = _f(None, "recompute each layer's activations in backward: less memory, one "
+                                             "more forward pass of compute. Default auto: on for qlora (a method "
+                                             "chosen for memory), off otherwise")
+    loss_chunk: int | None = _f(None, "most tokens per chunk of the memory-lean cross-entropy (default: as many as "
+                                      "keep one chunk's logits within 2^25 values, so large vocabularies take "
+                                      "smaller chunks)")
     eval_every: int = _f(0, "evaluate on valid.jsonl every N steps (0: only at the end)")
     eval_batches: int = _f(20, "batches of valid.jsonl per evaluation")
     save_every: int = _f(0, "write a resumable checkpoint every N steps (0: only at the end)")

@@ -7,8 +7,9 @@ Fast by default: a user who gives no speed flag gets the fastest run that trains
   is the same.
 - ``mask_prompt`` (completion-only loss): on when the samples have a prompt (prompt/completion or
   chat data), so the adapter learns the answers, not to echo the instructions; plain text has none.
-`precision` ``auto`` is resolved by the speed plan (`lorakit.plan.speed`); `precision_choice` words it
-like the other two (`Choice.format`) for the run's log and ``summary.json``, each with the flag that turns it off.
+``precision`` and ``grad_checkpoint`` ``auto`` are resolved by the speed plan (`lorakit.plan.speed`);
+`precision_choice` and `checkpoint_choice` word them like the other two (`Choice.format`) for the run's log
+and ``summary.json``, each with the flag that turns it off.
 """
 
 from __future__ import annotations
@@ -81,3 +82,12 @@ def precision_choice(asked: str, resolved: str) -> Choice | None:
                       "stay fp32", "--precision fp32 to turn off")
     return Choice("precision", resolved, "this chip has no native bf16 GEMMs",
                   "--precision int8 to try int8 GEMMs for the frozen weights")
+
+
+def checkpoint_choice(asked: bool | None, resolved: bool, method: str) -> Choice | None:
+    """The ``auto`` gradient checkpointing's choice (`lorakit.plan.speed.resolve_speed`) when it turned it
+    on; None when the user set it or it stayed off (the usual case, not worth a line)."""
+    if asked is not None or not resolved:
+        return None
+    return Choice("grad_checkpoint", True, f"{method} is chosen for memory: each layer's activations are "
+                  "recomputed in backward", "--no-grad-checkpoint to turn off")

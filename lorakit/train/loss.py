@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.plan.activations import even_chunk, loss_chunk_tokens
 from lorakit.quant.linear import QuantLinear
 
 IGNORE = -100
@@ -75,9 +76,10 @@ class _ChunkedLinearCE(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             stop = min(start + chunk, hidden.shape[0])
             h = hidden[start:stop].to(compute)  # a dense head is in it already; a quantized one dequantizes into it
-            raw = (w.matmul(h) if b is None else w.matmul(h).add_(b)) if quantized else F.linear(h, w, b)
             softmax_and_grad = fused or _softmax_ce_in_place
-            loss, grad = softmax_and_grad(raw, targets[start:stop], softcap, want_h or want_w or want_b)
+            # the logits are passed unnamed: once they are copied to fp32, their bf16 buffer is freed
+            loss, grad = softmax_and_grad(_project(h, w, b, quantized), targets[start:stop], softcap,
+                                          want_h or want_w or want_b)
             total += loss
             if grad is None:
                 continue
@@ -105,6 +107,14 @@ class _ChunkedLinearCE(torch.autograd.Function):
         ctx.grads = None
         scaled = [None if g is None else g.mul_(grad_out) for g in (grad_h, grad_w, grad_b)]
         return (*scaled, None, None, None, None, None)
+
+
+def _project(h: torch.Tensor, w, b: torch.Tensor | None, quantized: bool) -> torch.Tensor:
+    """Logits of one chunk: h (N, H) -> (N, V), by a dense or a quantized head."""
+    if not quantized:
+        return F.linear(h, w, b)
+    raw = w.matmul(h)
+    return raw if b is None else raw.add_(b)
 
 
 def _softmax_ce_in_place(raw: torch.Tensor, targets: torch.Tensor, softcap: float | None,
@@ -180,13 +190,15 @@ def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, so
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, *,
-                          chunk: int = 1024, softcap: float | None = None,
+                          chunk: int | None = None, softcap: float | None = None,
                           compiled: bool = False) -> tuple[torch.Tensor, int]:
     """Summed next-token CE and the number of scored tokens.
 
     hidden (B, T, H) final hidden states; labels (B, T) the target of each position
-    (already shifted; IGNORE where no loss). Returns ``(sum_loss, n_tokens)``. `compiled`: the
-    softmax and gradient of each chunk run as one torch.compile'd kernel (`compiled_softmax_ce`).
+    (already shifted; IGNORE where no loss). Returns ``(sum_loss, n_tokens)``. `chunk`: most tokens
+    of logits at a time (None: `loss_chunk_tokens` of the head's vocabulary); the labelled tokens are
+    split into equal chunks. `compiled`: the softmax and gradient of each chunk run as one
+    torch.compile'd kernel (`compiled_softmax_ce`).
     """
     flat_labels = labels.reshape(-1)
     keep = (flat_labels != IGNORE).nonzero()[:, 0]
@@ -201,6 +213,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, labels: torch.T
     weight = head if quantized else head.weight
     want = (grad_on and h.requires_grad, grad_on and not quantized and weight.requires_grad,
             grad_on and head.bias is not None and head.bias.requires_grad)
+    chunk = even_chunk(int(keep.numel()), loss_chunk_tokens(head.out_features if quantized else weight.shape[0], chunk))
     total = _ChunkedLinearCE.apply(h, weight, head.bias, targets, chunk, softcap, want, fused)
     return total, int(keep.numel())
 

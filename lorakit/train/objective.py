@@ -22,7 +22,7 @@ def _head_with_weight(model: nn.Module) -> nn.Module | None:
     return head if isinstance(getattr(head, "weight", None), torch.Tensor) else None
 
 
-def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = 1024,
+def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int | None = None,
                    compiled: bool = False) -> tuple[torch.Tensor, int]:
     """``(sum of token losses, number of labelled tokens)`` for one batch.
 
@@ -34,7 +34,7 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int 
         return _causal_lm_loss(model, batch, chunk, compiled)
 
 
-def _causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int,
+def _causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int | None,
                     compiled: bool) -> tuple[torch.Tensor, int]:
     labels = batch["labels"]
     inputs = {"input_ids": batch["input_ids"]}
@@ -52,7 +52,7 @@ def _causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, n_batches: int, chunk: int = 1024,
+def evaluate(model: nn.Module, batches, n_batches: int, chunk: int | None = None,
              compiled: bool = False) -> dict[str, float]:
     """Mean token loss and perplexity over `n_batches` batches (model put back in its mode)."""
     was_training = model.training

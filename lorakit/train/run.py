@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from lorakit.train import distributed
 from lorakit.train.batches import Batches, load_samples
 from lorakit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lorakit.train.config import TrainConfig
-from lorakit.train.defaults import precision_choice, resolve_data_defaults
+from lorakit.train.defaults import checkpoint_choice, precision_choice, resolve_data_defaults
 from lorakit.train.loop import Hooks, LoopState, train_loop
 from lorakit.train.methods import prepare_model
 from lorakit.train.objective import causal_lm_loss, evaluate
@@ -131,11 +132,14 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
     model, tokenizer = load_base(cfg, device)
     plan = speed_plan(cfg, model, device)
     precision = plan.precision
+    asked_checkpoint, cfg = cfg.grad_checkpoint, dataclasses.replace(cfg, grad_checkpoint=plan.grad_checkpoint)
     if dist.rank == 0:
         _precision_hint(cfg.precision, precision, device)
     train, valid, data_stats = load_data(cfg, tokenizer)
     cfg, choices = resolve_data_defaults(cfg, train)  # packing, mask_prompt: auto -> on/off, from the data
-    choices = [c for c in [precision_choice(cfg.precision, precision), *choices] if c is not None]
+    choices = [c for c in [precision_choice(cfg.precision, precision),
+                           checkpoint_choice(asked_checkpoint, plan.grad_checkpoint, cfg.method), *choices]
+               if c is not None]
     if dist.rank == 0 and choices:
         log.info("defaults chosen here:\n%s", "\n".join(f"  {c.format()}" for c in choices))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
