@@ -25,4 +25,12 @@ Sample schema (one JSON object per line)::
 Formats: ``text`` = plain passages for causal LM; ``instruct`` = an instruction, a blank
 line, then the real passage and the EOS token; ``chat`` = the same rendered with the
 tokenizer's chat template.
+
+``lorakit data prepare --task classify`` (`lorakit.data.classify.prepare_classify`) writes the
+same schema (prompt "", completion = text, prompt_len 0, input_ids without special tokens, meta
+with task "classify" and the passage's index in its document) plus::
+
+    task        str        "classify"
+    label       str        the class name; report.json's "classes" lists them sorted, and
+                           a class's id is its index there
 """

@@ -10,6 +10,9 @@ from lorakit.argtypes import (checked, fraction, nonneg_float, nonneg_int, one_l
                               positive_float, positive_int)
 from lorakit.data.download import MIRROR_ENV
 from lorakit.data.samples import FORMATS
+from lorakit.errors import LorakitError
+
+BALANCE = ("none", "downsample", "weights")  # lorakit.data.classify.BALANCE, kept here so --help stays light
 
 
 prose_seq_len = checked(int, lambda v: v >= 64, "an integer of at least 64 for prose passages (512 is typical)")
@@ -27,6 +30,11 @@ def _prepare(args: argparse.Namespace) -> int:
     from lorakit.data.prepare import check_options, check_out, prepare_dataset
     from lorakit.data.summary import format_prepare_summary
 
+    if args.task == "classify":
+        return _prepare_classify(args)
+    if args.label is not None or args.balance is not None:
+        raise LorakitError(f"{'--label' if args.label is not None else '--balance'} applies to --task classify")
+    args.format = args.format or "text"
     # options that depend on each other, and where --out is, are checked before the tokenizer loads
     check_options(args.format, args.seq_len, args.min_tokens, args.val_fraction, args.test_fraction)
     check_out(Path(args.out).expanduser(), args.input, args.overwrite)
@@ -38,6 +46,27 @@ def _prepare(args: argparse.Namespace) -> int:
         model=args.model,
     )
     print(format_prepare_summary(report))
+    return 0
+
+
+def _prepare_classify(args: argparse.Namespace) -> int:
+    from lorakit.data.classify import check_classify_options, format_classify_summary, prepare_classify
+    from lorakit.data.prepare import check_out
+
+    if args.format is not None:
+        raise LorakitError("--format is for --task lm; a classify dataset holds plain labelled passages")
+    balance = args.balance or "none"
+    check_classify_options(args.seq_len, args.min_tokens, args.val_fraction, args.test_fraction, balance,
+                           args.split_by)
+    check_out(Path(args.out).expanduser(), args.input, args.overwrite)
+    tokenizer = _load_tokenizer(args.model)
+    report = prepare_classify(
+        args.input, args.out, tokenizer, label=args.label, seq_len=args.seq_len, val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction, split_by=args.split_by, balance=balance, seed=args.seed,
+        skip_bad=args.skip_bad, min_tokens=args.min_tokens, overwrite=args.overwrite,
+        keep_front_matter=args.keep_front_matter, model=args.model,
+    )
+    print(format_classify_summary(report))
     return 0
 
 
@@ -96,8 +125,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "never be or hold an input")
     prep.add_argument("--model", default=None,
                       help="model whose tokenizer measures lengths (default: smollm2-135m-instruct)")
-    prep.add_argument("--format", default="text", choices=FORMATS,
-                      help="text: plain continuation; instruct: prompt + completion; chat: chat template")
+    prep.add_argument("--task", default="lm", choices=("lm", "classify"),
+                      help="lm: samples to train a language model on (default); classify: labelled passages")
+    prep.add_argument("--format", default=None, choices=FORMATS,
+                      help="--task lm: text: plain continuation (default); instruct: prompt + completion; "
+                           "chat: chat template")
+    prep.add_argument("--label", default=None, metavar="FIELD",
+                      help="--task classify: the field holding the class: books' metadata (author, book, title, "
+                           "translator, gutenberg_id; default author) or JSONL records' (default label)")
+    prep.add_argument("--balance", default=None, choices=BALANCE,
+                      help="--task classify: none (default); downsample: train cut to its smallest class; "
+                           "weights: per-class loss weights in report.json")
     prep.add_argument("--seq-len", type=prose_seq_len, default=512, help="maximum tokens per sample (default 512)")
     prep.add_argument("--val-fraction", type=fraction, default=0.05, help="share of tokens for valid (default 0.05)")
     prep.add_argument("--test-fraction", type=fraction, default=0.05, help="share of tokens for test (default 0.05)")

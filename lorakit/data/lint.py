@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from lorakit.data.classify_lint import is_classify, merge_class_lint
 from lorakit.data.dedup import near_duplicate_pairs
 from lorakit.data.schema import SPLIT_FILES, BadLine, missing_fields, read_rows
 from lorakit.data.splits import SPLITS, sample_content, sample_tokens
@@ -217,6 +218,8 @@ def lint_dataset(path: str | Path, tokenizer: Any = None) -> dict:
     options = prepared.get("options", {}) if isinstance(prepared, dict) else {}
     report = lint_samples(splits, seq_len=options.get("seq_len"), tokenizer=tokenizer,
                           split_by=options.get("split_by"))
+    if is_classify(splits, prepared):
+        merge_class_lint(report, splits, prepared.get("classes") if isinstance(prepared, dict) else None)
     report["path"] = str(path)
     report["schema_errors"] = [{"file": str(b.file), "line": b.line, "message": b.problem} for b in bad[:50]]
     if bad:

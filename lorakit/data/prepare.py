@@ -13,6 +13,8 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +22,7 @@ from typing import Any, Sequence
 from lorakit.atomic import atomic_dir
 from lorakit.data.chunking import chunk_documents
 from lorakit.data.dedup import dedup_documents, dedup_paragraphs, near_duplicate_pairs
-from lorakit.data.documents import Pair, load_inputs
+from lorakit.data.documents import Document, Loaded, Pair, load_inputs
 from lorakit.data.filters import filter_documents, paragraph_reason
 from lorakit.data.lint import lint_samples
 from lorakit.data.samples import FORMATS, build_samples, plan_drafts, prompt_overhead
@@ -82,7 +84,8 @@ def _filter_pairs(pairs: Sequence[Pair], filtered: Counter) -> tuple[list[Pair],
     return [p for i, p in enumerate(kept) if i not in drop], info
 
 
-def _dedup_samples(samples: list[dict]) -> tuple[list[dict], int]:
+def dedup_samples(samples: list[dict]) -> tuple[list[dict], int]:
+    """Drop samples whose content repeats an earlier one exactly (case, punctuation and spacing aside)."""
     seen: set[str] = set()
     out = []
     for s in samples:
@@ -91,6 +94,84 @@ def _dedup_samples(samples: list[dict]) -> tuple[list[dict], int]:
             seen.add(key)
             out.append(s)
     return out, len(samples) - len(out)
+
+
+@dataclass
+class Cleaned:
+    """What filtering and deduplication kept of the inputs, and what they removed (for the report)."""
+
+    loaded: Loaded
+    docs: list[Document]
+    pairs: list[Pair]
+    filtered: Counter  # paragraphs (and pairs_*) dropped, by reason
+    examples: dict[str, list[str]]
+    pair_dups: dict
+    doc_dups: list[dict]
+    para_counts: Counter
+    para_pairs: Counter
+
+
+def read_inputs(inputs: Sequence[str | os.PathLike], out: Path, *, skip_bad: bool,
+                keep_front_matter: bool) -> Loaded:
+    """Read and clean every input (never the files under `out`); refuses inputs with no usable text."""
+    loaded = load_inputs(inputs, skip_bad=skip_bad, keep_front_matter=keep_front_matter, exclude=out)
+    log.info("read %d file(s): %d document(s), %d ready pair(s)", len(loaded.files), len(loaded.docs), len(loaded.pairs))
+    if not loaded.docs and not loaded.pairs:
+        why = f"; {len(loaded.bad)} bad input(s) skipped" if loaded.bad else ""
+        raise LorakitError(f"no usable text in the inputs{why}: pass .txt books or .jsonl files with text")
+    return loaded
+
+
+def clean_inputs(loaded: Loaded, lap: Callable[[str], None] = lambda stage: None) -> Cleaned:
+    """Filter paragraphs and pairs, then drop duplicate documents and paragraphs (`lap` after each stage)."""
+    filtered: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    filter_documents(loaded.docs, filtered, examples)
+    pairs, pair_dups = _filter_pairs(loaded.pairs, filtered)
+    lap("filter")
+    docs, doc_dups = dedup_documents(loaded.docs)
+    for dup in doc_dups:
+        log.info("duplicate: %s is a copy of %s (%s, similarity %.3f)", dup["file"], dup["duplicate_of"],
+                 dup["method"], dup["similarity"])
+    para_counts: Counter = Counter()
+    para_pairs: Counter = Counter()
+    dedup_paragraphs(docs, para_counts, para_pairs)
+    docs = [d for d in docs if d.paras]
+    lap("dedup")
+    return Cleaned(loaded, docs, pairs, filtered, examples, pair_dups, doc_dups, para_counts, para_pairs)
+
+
+def _fallbacks(loaded: Loaded) -> list[dict]:
+    return [{"file": f["file"], "encoding": f["encoding"]} for f in loaded.files if f["encoding"] in ("cp1252", "latin-1")]
+
+
+def input_warnings(loaded: Loaded) -> list[str]:
+    """Report warnings about the inputs: encoding fallbacks and skipped bad inputs."""
+    warnings = [f"{f['file']}: not UTF-8, read as {f['encoding']} (Latin-1 fallback); check accented letters"
+                for f in _fallbacks(loaded)]
+    return warnings + [f"{b['file']}{':' + str(b['line']) if b.get('line') else ''}: skipped ({b['reason']})"
+                       for b in loaded.bad]
+
+
+def cleaning_report(cleaned: Cleaned, sample_counts: Counter, sample_dups: int) -> dict:
+    """The report's "inputs", "cleaning", "filtered" and "duplicates" sections."""
+    loaded, filtered, para_counts = cleaned.loaded, cleaned.filtered, cleaned.para_counts
+    return {
+        "inputs": {"files": loaded.files, "ignored": loaded.ignored, "bad": loaded.bad,
+                   "encoding_fallbacks": _fallbacks(loaded)},
+        "cleaning": {"removed": dict(sorted(loaded.removed.items()))},
+        "filtered": {"paragraphs": {k: v for k, v in filtered.items() if not k.startswith("pairs_")},
+                     "pairs": {k[6:]: v for k, v in filtered.items() if k.startswith("pairs_")},
+                     "samples": dict(sample_counts), "examples": cleaned.examples},
+        "duplicates": {
+            "documents": cleaned.doc_dups,
+            "paragraphs": {"exact": para_counts["paragraphs_exact"], "near": para_counts["paragraphs_near"],
+                           "by_book": [{"book": a, "duplicate_of": b, "count": n}
+                                       for (a, b), n in cleaned.para_pairs.most_common()]},
+            "pairs": cleaned.pair_dups,
+            "samples_exact": sample_dups,
+        },
+    }
 
 
 def write_dataset(out_dir: Path, splits: dict[str, list[dict]], report: dict, overwrite: bool = False) -> None:
@@ -124,26 +205,10 @@ def prepare_dataset(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathL
         timing[stage] = round(now - tick, 2)
         tick = now
 
-    loaded = load_inputs(inputs, skip_bad=skip_bad, keep_front_matter=keep_front_matter, exclude=out)
-    log.info("read %d file(s): %d document(s), %d ready pair(s)", len(loaded.files), len(loaded.docs), len(loaded.pairs))
+    loaded = read_inputs(inputs, out, skip_bad=skip_bad, keep_front_matter=keep_front_matter)
     lap("read_and_clean")
-    if not loaded.docs and not loaded.pairs:
-        why = f"; {len(loaded.bad)} bad input(s) skipped" if loaded.bad else ""
-        raise LorakitError(f"no usable text in the inputs{why}: pass .txt books or .jsonl files with text")
-    filtered: Counter = Counter()
-    examples: dict[str, list[str]] = {}
-    filter_documents(loaded.docs, filtered, examples)
-    pairs, pair_dups = _filter_pairs(loaded.pairs, filtered)
-    lap("filter")
-    docs, doc_dups = dedup_documents(loaded.docs)
-    for dup in doc_dups:
-        log.info("duplicate: %s is a copy of %s (%s, similarity %.3f)", dup["file"], dup["duplicate_of"],
-                 dup["method"], dup["similarity"])
-    para_counts: Counter = Counter()
-    para_pairs: Counter = Counter()
-    dedup_paragraphs(docs, para_counts, para_pairs)
-    docs = [d for d in docs if d.paras]
-    lap("dedup")
+    cleaned = clean_inputs(loaded, lap)
+    docs, pairs = cleaned.docs, cleaned.pairs
     overhead: dict[tuple, int] = {}
     budgets = {}
     for d in docs:
@@ -156,10 +221,10 @@ def prepare_dataset(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathL
     sample_counts: Counter = Counter()
     drafts = plan_drafts(passages, pairs, fmt, seed)
     samples = build_samples(drafts, tokenizer, fmt=fmt, seq_len=seq_len, min_tokens=min_tokens, counts=sample_counts)
-    samples, sample_dups = _dedup_samples(samples)
+    samples, sample_dups = dedup_samples(samples)
     lap("samples")
     if not samples:
-        reasons = ", ".join(f"{k} {v}" for k, v in (filtered + sample_counts).most_common())
+        reasons = ", ".join(f"{k} {v}" for k, v in (cleaned.filtered + sample_counts).most_common())
         reasons = reasons or "nothing left after cleaning"
         raise LorakitError(f"all input was filtered out ({reasons}); check the inputs or lower --min-tokens")
     splits, split_info = split_samples(samples, val_fraction=val_fraction, test_fraction=test_fraction,
@@ -172,13 +237,7 @@ def prepare_dataset(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathL
     lap("lint")
     if lint["fatal"]:
         raise LorakitError(f"dataset not written: {lint['fatal'][0]}")
-    fallbacks = [{"file": f["file"], "encoding": f["encoding"]} for f in loaded.files
-                 if f["encoding"] in ("cp1252", "latin-1")]
-    warnings = [f"{f['file']}: not UTF-8, read as {f['encoding']} (Latin-1 fallback); check accented letters"
-                for f in fallbacks]
-    warnings += [f"{b['file']}{':' + str(b['line']) if b.get('line') else ''}: skipped ({b['reason']})"
-                 for b in loaded.bad]
-    warnings += split_info["warnings"] + lint["warnings"]
+    warnings = input_warnings(loaded) + split_info["warnings"] + lint["warnings"]
     report = {
         "version": REPORT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -187,19 +246,7 @@ def prepare_dataset(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathL
                     "split_by": split_by, "seed": seed, "min_tokens": min_tokens, "model": model,
                     "skip_bad": skip_bad, "keep_front_matter": keep_front_matter,
                     "inputs": [str(p) for p in inputs]},
-        "inputs": {"files": loaded.files, "ignored": loaded.ignored, "bad": loaded.bad, "encoding_fallbacks": fallbacks},
-        "cleaning": {"removed": dict(sorted(loaded.removed.items()))},
-        "filtered": {"paragraphs": {k: v for k, v in filtered.items() if not k.startswith("pairs_")},
-                     "pairs": {k[6:]: v for k, v in filtered.items() if k.startswith("pairs_")},
-                     "samples": dict(sample_counts), "examples": examples},
-        "duplicates": {
-            "documents": doc_dups,
-            "paragraphs": {"exact": para_counts["paragraphs_exact"], "near": para_counts["paragraphs_near"],
-                           "by_book": [{"book": a, "duplicate_of": b, "count": n}
-                                       for (a, b), n in para_pairs.most_common()]},
-            "pairs": pair_dups,
-            "samples_exact": sample_dups,
-        },
+        **cleaning_report(cleaned, sample_counts, sample_dups),
         "splits": {name: {"samples": len(splits[name]), "tokens": sum(sample_tokens(s) for s in splits[name]),
                           "books": split_info["books"][name]} for name in SPLITS},
         "split_info": {k: v for k, v in split_info.items() if k != "books"},

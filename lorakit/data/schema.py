@@ -41,6 +41,8 @@ class PreparedRow(TypedDict, total=False):
     prompt_len: int  # leading input_ids that are prompt, 0 <= prompt_len <= len(input_ids)
     meta: dict[str, Any]  # book, author, title, translator, gutenberg_id, task, source
     messages: list[dict[str, str]]  # chat format only: [{"role", "content"}, ...]
+    task: str  # "classify" on classification rows (`lorakit data prepare --task classify`); absent otherwise
+    label: str  # classification rows: the class name, one of report.json's "classes" (its index is the id)
 
 
 @dataclass
@@ -128,6 +130,10 @@ def row_problems(obj: object, need: Need = "any") -> list[str]:
         plen = obj["prompt_len"]
         if not isinstance(plen, int) or isinstance(plen, bool) or plen < 0 or (ids is not None and plen > len(ids)):
             errors.append(f"'prompt_len' {plen!r} is not between 0 and the number of input_ids")
+    if "task" in obj and not isinstance(obj["task"], str):
+        errors.append("'task' must be a string")
+    if obj.get("task") == "classify" and "label" in obj and not isinstance(obj["label"], str):
+        errors.append("'label' must be a string (the class name)")  # other rows may carry labels of their own
     if "meta" in obj and not isinstance(obj["meta"], dict):
         errors.append("'meta' must be an object")
     if "messages" in obj and not isinstance(obj["messages"], list):
@@ -139,6 +145,8 @@ def row_problems(obj: object, need: Need = "any") -> list[str]:
             errors.append("'text' is not 'prompt' + 'completion'")
     if need == "prepared" and missing_fields(obj):
         errors.append(f"missing {', '.join(missing_fields(obj))}")
+    elif need == "prepared" and obj.get("task") == "classify" and "label" not in obj:
+        errors.append("missing label (a classification row)")
     elif need == "tokens" and "input_ids" not in obj:
         errors.append("missing 'input_ids'")
     elif need == "text_or_tokens" and "input_ids" not in obj and not isinstance(obj.get("text"), str):
