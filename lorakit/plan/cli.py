@@ -50,8 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="as train's --grad-checkpoint (default auto: on for qlora)")
     p.add_argument("--loss-chunk-tokens", type=positive_int, default=None,
                    help="tokens of logits the trainer's loss holds at once (default: as train's --loss-chunk)")
-    p.add_argument("--release-memory", action=argparse.BooleanOptionalAction, default=False,
-                   help="as train's --release-memory: freed memory goes back to the OS (lower peak, slower)")
+    p.add_argument("--release-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="as train's --release-memory: freed memory goes back to the OS (lower peak, slower; "
+                        "default auto: on for qlora)")
     p.add_argument("--dropout", type=fraction, default=0.0, help="LoRA dropout (each adapter then keeps a dropped copy of its input)")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                    help="as train's --precision: bf16 holds a LoRA run's frozen linears in bf16")

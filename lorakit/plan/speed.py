@@ -52,16 +52,22 @@ class SpeedPlan:
         return "\n".join([head, *(f"  {note}" for note in self.notes)])
 
 
+def for_memory(method: str, asked: bool | None) -> bool:
+    """An option that trades speed for memory, `asked` or (None, auto) on for QLoRA alone: a method
+    chosen for memory. Its recipe checkpoints activations (Dettmers et al., 2023; PEFT's
+    `prepare_model_for_kbit_training` does too), and returning freed memory at once is what brings
+    a 1.5B model's peak near its weights (issue 18; bench/RESULTS_quant.md)."""
+    return method == "qlora" if asked is None else asked
+
+
 def resolve_speed(*, model_type: str | None, method: str, device: Any, precision: str = "fp32",
                   compile: bool = False, fuse: bool = True, lean_memory: bool = True, attention: str | None = None,
-                  grad_checkpoint: bool | None = None, release_memory: bool = False) -> SpeedPlan:
+                  grad_checkpoint: bool | None = None, release_memory: bool | None = None) -> SpeedPlan:
     """The speed plan for training a `model_type` model with `method` on `device` (a torch.device),
     from the trainer's options of the same names (`TrainConfig.speed_settings()`). `grad_checkpoint`
-    None (auto): on for QLoRA, which is chosen for memory (its recipe checkpoints: Dettmers et al.,
-    2023; PEFT's `prepare_model_for_kbit_training` turns it on too), off otherwise."""
+    and `release_memory` None (auto): `for_memory` decides."""
     family = family_of(model_type)
-    if grad_checkpoint is None:
-        grad_checkpoint = method == "qlora"
+    grad_checkpoint, release_memory = for_memory(method, grad_checkpoint), for_memory(method, release_memory)
     resolved = resolve_precision(precision, device, int8=method in INT8_METHODS)
     notes: list[str] = []
 

@@ -35,8 +35,8 @@ NUMBERS: dict[str, tuple[type, float | str, float | None]] = {
 }
 OPTIONAL = ("max_steps", "threads", "alpha", "loss_chunk")
 # on/off settings whose default, None ("auto"), is decided at run time: packing and mask_prompt from the
-# data (`lorakit.train.defaults`), grad_checkpoint by the speed plan (`lorakit.plan.speed`)
-AUTO_SWITCHES = ("packing", "mask_prompt", "grad_checkpoint")
+# data (`lorakit.train.defaults`), grad_checkpoint and release_memory by the speed plan (`lorakit.plan.speed`)
+AUTO_SWITCHES = ("packing", "mask_prompt", "grad_checkpoint", "release_memory")
 
 
 def _check_number(name: str, value: Any, kind: type, low: float | str, high: float | None) -> None:
@@ -196,9 +196,10 @@ class TrainConfig:
                           "allows it (faster on CPU)")
     lean_memory: bool = _f(True, "lower peak RSS: recompute norm outputs and the gated MLP product in backward "
                                  "instead of storing them (where the family allows it), keep weights in private memory")
-    release_memory: bool = _f(False, "return freed memory to the OS at once (1 MB mmap threshold, heap trimmed "
-                                     "after each step): a lower peak RSS for fewer tokens/s (a page fault on every "
-                                     "fresh tensor; bench/RESULTS.md)")
+    release_memory: bool | None = _f(None, "return freed memory to the OS at once (1 MB mmap threshold, heap "
+                                            "trimmed after each step): a lower peak RSS for fewer tokens/s (a page "
+                                            "fault on every fresh tensor; bench/RESULTS.md). Default auto: on for "
+                                            "qlora, off otherwise")
     compile: bool = _f(False, "torch.compile each decoder layer (replaces --fuse and --lean-memory, whose "
                               "Python-side caching breaks the graphs); a longer first step; pays most with "
                               "--precision bf16 (bench/RESULTS.md)")

@@ -7,8 +7,8 @@ Fast by default: a user who gives no speed flag gets the fastest run that trains
   is the same.
 - ``mask_prompt`` (completion-only loss): on when the samples have a prompt (prompt/completion or
   chat data), so the adapter learns the answers, not to echo the instructions; plain text has none.
-``precision`` and ``grad_checkpoint`` ``auto`` are resolved by the speed plan (`lorakit.plan.speed`);
-`precision_choice` and `checkpoint_choice` word them like the other two (`Choice.format`) for the run's log
+``precision``, ``grad_checkpoint`` and ``release_memory`` ``auto`` are resolved by the speed plan (`lorakit.plan.speed`);
+`precision_choice` and `memory_choices` word them like the other two (`Choice.format`) for the run's log
 and ``summary.json``, each with the flag that turns it off.
 """
 
@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from lorakit.data.schema import Sample
+from lorakit.plan.speed import SpeedPlan
 from lorakit.train.batches import packed_rows
 from lorakit.train.config import TrainConfig
 
@@ -84,10 +85,14 @@ def precision_choice(asked: str, resolved: str) -> Choice | None:
                   "--precision int8 to try int8 GEMMs for the frozen weights")
 
 
-def checkpoint_choice(asked: bool | None, resolved: bool, method: str) -> Choice | None:
-    """The ``auto`` gradient checkpointing's choice (`lorakit.plan.speed.resolve_speed`) when it turned it
-    on; None when the user set it or it stayed off (the usual case, not worth a line)."""
-    if asked is not None or not resolved:
-        return None
-    return Choice("grad_checkpoint", True, f"{method} is chosen for memory: each layer's activations are "
-                  "recomputed in backward", "--no-grad-checkpoint to turn off")
+def memory_choices(asked: TrainConfig, plan: SpeedPlan) -> list[Choice]:
+    """What ``auto`` gradient checkpointing and memory release turned on (`lorakit.plan.speed.for_memory`);
+    nothing for an option the user set or that stayed off (the usual case, not worth a line)."""
+    choices = []
+    if asked.grad_checkpoint is None and plan.grad_checkpoint:
+        choices.append(Choice("grad_checkpoint", True, f"{asked.method} is chosen for memory: each layer's "
+                              "activations are recomputed in backward", "--no-grad-checkpoint to turn off"))
+    if asked.release_memory is None and plan.release_memory:
+        choices.append(Choice("release_memory", True, f"{asked.method} is chosen for memory: freed memory goes "
+                              "back to the OS at once", "--no-release-memory for more tokens/s"))
+    return choices

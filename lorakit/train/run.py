@@ -18,7 +18,7 @@ from lorakit.errors import LorakitError
 from lorakit.hub import base_model_fields
 from lorakit.models import DEFAULT_MODEL
 from lorakit.outputs import check_output, model_path
-from lorakit.plan.speed import SpeedPlan, resolve_speed
+from lorakit.plan.speed import SpeedPlan, for_memory, resolve_speed
 from lorakit.runtime.device import resolve_device, set_threads
 from lorakit.runtime.memory import lean_malloc, release_free_heap
 from lorakit.runtime.precision import autocast, native_bf16
@@ -26,7 +26,7 @@ from lorakit.train import distributed
 from lorakit.train.batches import Batches, load_samples
 from lorakit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lorakit.train.config import TrainConfig
-from lorakit.train.defaults import checkpoint_choice, precision_choice, resolve_data_defaults
+from lorakit.train.defaults import memory_choices, precision_choice, resolve_data_defaults
 from lorakit.train.loop import Hooks, LoopState, train_loop
 from lorakit.train.methods import prepare_model
 from lorakit.train.objective import causal_lm_loss, evaluate
@@ -124,7 +124,7 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
     (for callers that own the folder, e.g. `lorakit compare`'s runs) starts it over.
     """
     out = check_out(cfg, replace)  # before distributed.init: no rank has written anything yet
-    if cfg.release_memory:
+    if for_memory(cfg.method, cfg.release_memory):  # before loading: the loader's frees return at once too
         lean_malloc()
     dist = distributed.init()
     device = resolve_device(cfg.device) if dist.device is None else dist.device
@@ -132,13 +132,14 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
     model, tokenizer = load_base(cfg, device)
     plan = speed_plan(cfg, model, device)
     precision = plan.precision
-    asked_checkpoint, cfg = cfg.grad_checkpoint, dataclasses.replace(cfg, grad_checkpoint=plan.grad_checkpoint)
+    asked = cfg
+    cfg = dataclasses.replace(cfg, grad_checkpoint=plan.grad_checkpoint, release_memory=plan.release_memory)
     if dist.rank == 0:
         _precision_hint(cfg.precision, precision, device)
     train, valid, data_stats = load_data(cfg, tokenizer)
     cfg, choices = resolve_data_defaults(cfg, train)  # packing, mask_prompt: auto -> on/off, from the data
     choices = [c for c in [precision_choice(cfg.precision, precision),
-                           checkpoint_choice(asked_checkpoint, plan.grad_checkpoint, cfg.method), *choices]
+                           *memory_choices(asked, plan), *choices]
                if c is not None]
     if dist.rank == 0 and choices:
         log.info("defaults chosen here:\n%s", "\n".join(f"  {c.format()}" for c in choices))

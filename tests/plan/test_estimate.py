@@ -132,7 +132,12 @@ def test_cli_reads_a_config_json_and_prints_the_breakdown(tmp_path, capsys):
         assert word in out
     assert "speed plan: cpu, fp32" in out and "grad_checkpoint" in out  # the trainer's resolved plan
     assert "lean off: gradient checkpointing" in out
-    assert "heap" in out  # the trainer's default keeps freed memory in the C heap
+    # QLoRA returns freed memory by default (auto); LoRA keeps it in the C heap unless told
+    assert "heap" not in out and "release_memory" in out
+    main(["plan", "--model", str(path), "--method", "qlora", "--no-release-memory"])
+    assert "heap" in capsys.readouterr().out
+    main(["plan", "--model", str(path)])
+    assert "heap" in capsys.readouterr().out
     main(["plan", "--model", str(path), "--release-memory"])
     assert "heap" not in capsys.readouterr().out
 
