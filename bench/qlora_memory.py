@@ -8,6 +8,9 @@ Each configuration runs in a fresh subprocess so its peak RSS (VmHWM, `peak_rss_
     .venv/bin/python bench/qlora_memory.py run --model qwen2-1.5b --method qlora --steps 3
     # every configuration of bench/RESULTS_quant.md, one subprocess each, JSON lines appended to --out
     .venv/bin/python bench/qlora_memory.py all --out bench/qlora_memory.jsonl [--lean-malloc]
+    # `lorakit train` itself, as a user runs it (the issue-18 measurement): one subprocess per run,
+    # its peak RSS (VmHWM), the plan it printed, its step times and loss
+    .venv/bin/python bench/qlora_memory.py cli --data /tmp/gut --runs qlora:auto,lora:fp32 --seq 128,256,512
 
 Models: ``qwen2-1.5b`` is the issue's configuration (hidden 1536, 28 layers, intermediate 8960,
 12/2 heads, vocab 151936, untied; 1.78 B parameters), random init from config for fp32 runs and
@@ -191,6 +194,63 @@ CONFIGS = [  # (model, method, steps); full on 1.5B does not fit this machine's 
 ]
 
 
+# the child runs the lorakit CLI's own entry point, then reports its peak resident memory
+CLI_CHILD = ("import sys\nfrom lorakit.cli import main\nrc = main(sys.argv[1:])\n"
+             "from lorakit.runtime.memory import peak_rss_mb\nprint('PEAK_MB', peak_rss_mb())\nsys.exit(rc)")
+
+
+def cli_run(model: str, method: str, precision: str, seq: int, args: argparse.Namespace) -> dict:
+    """One `lorakit train` run in a fresh process: peak RSS, planned peak, step times and losses."""
+    import re
+    import shutil
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="lorakit-cli-bench-")) / "run"
+    cmd = ["train", "--model", model, "--method", method, "--data", str(args.data), "--out", str(out),
+           "--batch-size", str(args.batch), "--max-seq-len", str(seq), "--max-steps", str(args.steps),
+           "--eval-batches", "1", "--no-progress", *(["--precision", precision] if precision != "auto" else []),
+           *args.extra]
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", CLI_CHILD, *cmd], capture_output=True, text=True, cwd=ROOT)
+    row = {"cmd": "lorakit " + " ".join(cmd), "method": method, "precision": precision, "seq": seq,
+           "wall_s": round(time.perf_counter() - start, 1), "returncode": res.returncode}
+    peak = re.search(r"PEAK_MB ([0-9.]+)", res.stdout)
+    plan = re.search(r"^total\s+([0-9.]+)", res.stderr + res.stdout, re.M)
+    row["peak_rss_gb"] = round(float(peak.group(1)) * 2**20 / 1e9, 3) if peak else None
+    row["plan_gb"] = float(plan.group(1)) if plan else None
+    metrics = out / "metrics.jsonl"
+    steps = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    train = [m for m in steps if "loss" in m]
+    row["step_s"] = [round(m["step_time"], 2) for m in train]
+    row["median_step_s_after_first"] = round(statistics.median(row["step_s"][1:]), 2) if len(train) > 1 else None
+    row["loss"] = [round(m["loss"], 5) for m in train]
+    row["eval_loss"] = next((m["eval_loss"] for m in steps if "eval_loss" in m), None)
+    summary = out / "summary.json"
+    if summary.is_file():
+        row["speed_plan"] = json.loads(summary.read_text())["speed_plan"]
+    if res.returncode:
+        row["error"] = res.stderr.strip().splitlines()[-1:]
+    shutil.rmtree(out.parent, ignore_errors=True)
+    return row
+
+
+def cli_bench(args: argparse.Namespace) -> None:
+    """`lorakit train` for each --runs entry and --seq length, after the machine's facts."""
+    from lorakit.runtime.machine import cpu_facts, gemm_peak_gflops
+
+    facts = {**cpu_facts(), "gemm_fp32_gflops": round(gemm_peak_gflops(torch.float32), 1),
+             "gemm_bf16_gflops": round(gemm_peak_gflops(torch.bfloat16), 1)}
+    print(json.dumps({"machine": facts}), flush=True)
+    for spec in args.runs.split(","):
+        method, _, precision = spec.partition(":")
+        for seq in (int(s) for s in args.seq.split(",")):
+            row = cli_run(args.model, method, precision or "auto", seq, args)
+            print(json.dumps(row), flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps({**row, "machine": facts}) + "\n")
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -215,12 +275,23 @@ def main() -> int:
     r.add_argument("--steps", type=int, default=3)
     r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     sub.choices["all"].add_argument("--out", type=Path, default=ROOT / "bench" / "qlora_memory.jsonl")
+    c = sub.add_parser("cli", help="`lorakit train` itself, one subprocess per run")
+    c.add_argument("--data", type=Path, required=True, help="a `lorakit data prepare` folder")
+    c.add_argument("--model", default=str(CKPT), help="what --model gets (default: the 1.5B checkpoint)")
+    c.add_argument("--runs", default="qlora:auto", help="method:precision,... (precision auto: no flag)")
+    c.add_argument("--seq", default="512", help="--max-seq-len values, comma-separated")
+    c.add_argument("--batch", type=int, default=1)
+    c.add_argument("--steps", type=int, default=4)
+    c.add_argument("--out", type=Path, default=None, help="append JSON lines here")
+    c.add_argument("extra", nargs="*", help="further `lorakit train` flags (after --)")
     sub.choices["all"].add_argument("--only", default="", help="comma-separated model:method filter")
     args = p.parse_args()
     if args.cmd == "make-checkpoint":
         make_checkpoint(args.out)
     elif args.cmd == "run":
         print(json.dumps(run(args)), flush=True)
+    elif args.cmd == "cli":
+        cli_bench(args)
     elif args.cmd == "speed":
         print(json.dumps(speed(args)), flush=True)
     else:
