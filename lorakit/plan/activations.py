@@ -32,10 +32,10 @@ from lorakit.plan.arch import ArchFacts
 
 FP32 = 4
 
-# Most logits one chunk of the loss holds (2^25 values). A vocabulary of a few hundred thousand at
+# Most logits one chunk of the loss holds (2^26 values). A vocabulary of a few hundred thousand at
 # 1024 tokens a chunk made the loss the largest tensor of a step (issue 18); at this size each
 # chunk's head GEMM still has hundreds of rows.
-LOGITS_BUDGET = 1 << 25
+LOGITS_BUDGET = 1 << 26
 MIN_CHUNK_TOKENS = 64
 
 

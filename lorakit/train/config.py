@@ -18,6 +18,7 @@ from lorakit.errors import LorakitError, one_line, short_repr
 from lorakit.runtime.precision import check_precision
 
 METHODS = ("lora", "dora", "full", "head", "qlora")
+TASKS = ("lm", "classify")
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -156,7 +157,10 @@ class TrainConfig:
     model: str | None = _f(None, "HF directory, .gguf file, alias or Hub id org/name[@revision] (default smollm2-135m-instruct)")
     data: str | None = _f(None, "dataset directory with train.jsonl (and valid.jsonl) from `lorakit data prepare`")
     out: str | None = _f(None, "output directory: adapter, checkpoints, metrics.jsonl, loss.png")
-    method: str = _f("lora", "lora | dora | full (all weights) | head (output head only) | qlora (4-bit base)")
+    task: str = _f("lm", "lm (next-token loss) | classify (a sequence classifier on a dataset from `lorakit data "
+                         "prepare --task classify`, one output per class of its report.json)")
+    method: str = _f("lora", "lora | dora | full (all weights) | head (output head only; with --task classify, "
+                             "the classifier head) | qlora (4-bit base)")
     rank: int = _f(16, "LoRA rank r")
     alpha: float | None = _f(None, "LoRA alpha (default 2 x rank)")
     dropout: float = _f(0.0, "dropout on the LoRA path")
@@ -181,7 +185,7 @@ class TrainConfig:
                                              "more forward pass of compute. Default auto: on for qlora (a method "
                                              "chosen for memory), off otherwise")
     loss_chunk: int | None = _f(None, "most tokens per chunk of the memory-lean cross-entropy (default: as many as "
-                                      "keep one chunk's logits within 2^25 values, so large vocabularies take "
+                                      "keep one chunk's logits within 2^26 values, so large vocabularies take "
                                       "smaller chunks)")
     eval_every: int = _f(0, "evaluate on valid.jsonl every N steps (0: only at the end)")
     eval_batches: int = _f(20, "batches of valid.jsonl per evaluation")
@@ -219,6 +223,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise LorakitError(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.task not in TASKS:
+            raise LorakitError(f"--task {self.task!r}: use one of {', '.join(TASKS)}")
         check_precision(self.precision)
         for name in AUTO_SWITCHES:
             value = getattr(self, name)
@@ -232,6 +238,19 @@ class TrainConfig:
             _check_number(name, getattr(self, name), kind, low, high)
         if self.alpha is None:
             self.alpha = 2.0 * self.rank
+        if self.task == "classify":
+            self._classify_settings()
+
+    def _classify_settings(self) -> None:
+        """What a classification run cannot take; packing and the prompt mask do not apply (off)."""
+        if self.method == "qlora":
+            raise LorakitError("--method qlora --task classify: the 4-bit loader builds causal LMs only; "
+                               "use --method lora (or dora, full, head)")
+        for name in ("packing", "mask_prompt"):
+            if getattr(self, name):
+                raise LorakitError(f"--{name.replace('_', '-')} applies to --task lm: a classification batch "
+                                   "holds one example per row and its loss is on the class")
+            setattr(self, name, False)
 
     @classmethod
     def resolve(cls, yaml_path: str | None, cli: dict[str, Any]) -> "TrainConfig":
