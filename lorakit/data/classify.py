@@ -17,7 +17,6 @@ class_counts per split, balance and class_weights (``--balance weights``, else n
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +28,7 @@ from lorakit.data.documents import Document
 from lorakit.data.classify_lint import merge_class_lint
 from lorakit.data.classify_split import class_counts, class_weights, downsample, split_classify
 from lorakit.data.lint import lint_samples
-from lorakit.data.prepare import (REPORT_VERSION, check_options, check_out, clean_inputs, cleaning_report,
+from lorakit.data.prepare import (REPORT_VERSION, Laps, check_options, check_out, clean_inputs, cleaning_report,
                                   dedup_samples, input_warnings, read_inputs, write_dataset)
 from lorakit.data.samples import SAMPLE_META_KEYS
 from lorakit.data.splits import SPLITS, find_leakage, remove_leakage, sample_tokens
@@ -163,14 +162,7 @@ def prepare_classify(inputs: Sequence[str | os.PathLike], out_dir: str | os.Path
     check_classify_options(seq_len, min_tokens, val_fraction, test_fraction, balance, split_by)
     out = Path(out_dir).expanduser()
     check_out(out, inputs, overwrite)
-    timing: dict[str, float] = {}
-    t0 = tick = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal tick
-        now = time.perf_counter()
-        timing[stage] = round(now - tick, 2)
-        tick = now
+    lap = Laps()
 
     loaded = read_inputs(inputs, out, skip_bad=skip_bad, keep_front_matter=keep_front_matter)
     labels = label_documents(loaded, label)
@@ -227,7 +219,7 @@ def prepare_classify(inputs: Sequence[str | os.PathLike], out_dir: str | os.Path
         "leakage": {"pairs_found": len(leaks), "removed": leak_removed, "examples": leaks[:5]},
         "lint": lint,
         "warnings": warnings,
-        "timing": {**timing, "total": round(time.perf_counter() - t0, 2)},
+        "timing": lap.report(),
     }
     write_dataset(out, splits, report, overwrite)
     return report

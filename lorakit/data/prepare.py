@@ -39,6 +39,23 @@ REPORT_VERSION = 1
 DATASET_FILES = (*SPLIT_FILES.values(), "report.json", "replay.json")
 
 
+class Laps:
+    """Seconds per stage of a build: each call records the time since the previous one."""
+
+    def __init__(self) -> None:
+        self.timing: dict[str, float] = {}
+        self.start = self._tick = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timing[stage] = round(now - self._tick, 2)
+        self._tick = now
+
+    def report(self) -> dict[str, float]:
+        """The stages' seconds and the total."""
+        return {**self.timing, "total": round(time.perf_counter() - self.start, 2)}
+
+
 def check_options(fmt: str, seq_len: int, min_tokens: int, val_fraction: float, test_fraction: float) -> None:
     """Refuse, in one line, options that cannot make a dataset (each alone, and together)."""
     if fmt not in FORMATS:
@@ -196,14 +213,7 @@ def prepare_dataset(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathL
     check_options(fmt, seq_len, min_tokens, val_fraction, test_fraction)
     out = Path(out_dir).expanduser()
     check_out(out, inputs, overwrite)
-    timing: dict[str, float] = {}
-    t0 = tick = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal tick
-        now = time.perf_counter()
-        timing[stage] = round(now - tick, 2)
-        tick = now
+    lap = Laps()
 
     loaded = read_inputs(inputs, out, skip_bad=skip_bad, keep_front_matter=keep_front_matter)
     lap("read_and_clean")
@@ -253,7 +263,7 @@ def prepare_dataset(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathL
         "leakage": {"pairs_found": len(leaks), "removed": leak_removed, "examples": leaks[:5]},
         "lint": lint,
         "warnings": warnings,
-        "timing": {**timing, "total": round(time.perf_counter() - t0, 2)},
+        "timing": lap.report(),
     }
     write_dataset(out, splits, report, overwrite)
     return report
