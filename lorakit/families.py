@@ -15,7 +15,10 @@ An entry says, for the `model_type`s of one family:
   `gguf_whole`: whether `lorakit export --merged` writes the whole model from a Hugging Face folder
   (`lorakit.export.gguf_model`: hyper-parameters and tokenizer as llama.cpp's loader for
   `gguf_arch` reads them);
-  `why_not`: why a speed path does not apply, shown in the speed plan.
+  `why_not`: why a speed path does not apply, shown in the speed plan;
+* `cls_heads`: the module name(s) of the head its ``AutoModelForSequenceClassification`` puts on
+  top (``score`` on decoder LMs, ``classifier`` on encoders), which a classification adapter
+  trains in full and saves (PEFT's SEQ_CLS `modules_to_save`).
 
 Adding a family is one entry here plus its tiny random-weight model in tests/conftest.py (the
 registry's tests check that every entry has one and that its fast paths change no value).
@@ -57,6 +60,7 @@ class Family:
     gguf_permute_qk: bool = False
     gguf_whole: bool = False
     why_not: dict[str, str] = field(default_factory=dict)  # speed path -> reason it is off
+    cls_heads: tuple[str, ...] = ("score",)
 
     def reason(self, path: str) -> str:
         """Why `path` ('fuse' or 'lean') is off for this family ('' if it applies)."""
@@ -82,6 +86,7 @@ _BERT_PRESETS = {
     MLP: r".*\.layer\.\d+\.(intermediate|output)\.dense",
 }
 _ENCODER = {"fuse": "encoder: the causal-LM trainer does not train it", "lean": "encoder: not a causal LM"}
+_CLASSIFIER = ("classifier",)  # the encoders' head
 
 FAMILIES: tuple[Family, ...] = (
     Family("llama", ("llama",), _LLAMA_PRESETS, fuse=_QKV_GATE_UP, lean=_LLAMA_LEAN, head=PLAIN, gguf_arch="llama",
@@ -110,15 +115,18 @@ FAMILIES: tuple[Family, ...] = (
            head=PLAIN, gguf_arch="gpt2",
            why_not={"fuse": "c_attn holds q/k/v in one Conv1D already",
                     "lean": "LayerNorm and an ungated GELU MLP (not the gated pattern)"}),
-    Family("bert", ("bert",), _BERT_PRESETS, gguf_arch="bert", why_not=_ENCODER),
-    Family("roberta", ("roberta",), _BERT_PRESETS, gguf_arch="bert", why_not=_ENCODER),
+    Family("bert", ("bert",), _BERT_PRESETS, gguf_arch="bert", why_not=_ENCODER, cls_heads=_CLASSIFIER),
+    Family("roberta", ("roberta",), _BERT_PRESETS, gguf_arch="bert", why_not=_ENCODER, cls_heads=_CLASSIFIER),
     Family("distilbert", ("distilbert",), {ATTENTION: ["q_lin", "k_lin", "v_lin", "out_lin"], MLP: ["lin1", "lin2"]},
-           why_not=_ENCODER),
+           # PEFT matches its head names as plain suffixes: "classifier" takes pre_classifier too
+           why_not=_ENCODER, cls_heads=("pre_classifier", "classifier")),
 )
 
 # any other architecture transformers builds: all-linear or named targets, the model's own logits
+# (its classifier head: either of the names PEFT tries for SEQ_CLS)
 FALLBACK = Family("unknown", (), why_not={"fuse": "architecture not in lorakit's family registry",
-                                          "lean": "architecture not in lorakit's family registry"})
+                                          "lean": "architecture not in lorakit's family registry"},
+                  cls_heads=("classifier", "score"))
 
 _BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 

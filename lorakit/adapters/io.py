@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -32,21 +33,15 @@ from lorakit.adapters.model import (
     plan_targets,
 )
 from lorakit.adapters.targets import iter_targets, suffix_names
+from lorakit.adapters.tasks import config_for_model, task_type
 from lorakit.errors import AdapterLoadError, LorakitError, one_line
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-
-
-def task_type(model: nn.Module) -> str | None:
-    """PEFT's task_type for a transformers model class."""
-    cls = type(model).__name__
-    for suffix, task in (("ForCausalLM", "CAUSAL_LM"), ("ForSequenceClassification", "SEQ_CLS"),
-                         ("ForTokenClassification", "TOKEN_CLS"), ("ForQuestionAnswering", "QUESTION_ANS")):
-        if cls.endswith(suffix):
-            return task
-    return None
+# peft_type -> loader of a non-LoRA adapter folder; `lorakit.adapters.prompt_io` registers prefix and
+# prompt tuning here (so that this module need not import that one, which imports this)
+OTHER_LOADERS: dict[str, Callable[..., Any]] = {}
 
 
 def _saved_targets(model: nn.Module, info: AdapterInfo) -> list[str] | str:
@@ -239,6 +234,8 @@ def prepare_adapter(model: nn.Module, path: str | os.PathLike, name: str = "defa
     weights = path / WEIGHTS_NAME
     if name in adapters(model):
         raise AdapterLoadError(f"{path}: an adapter named '{name}' is already loaded; load it under another name")
+    # its task_type fits the model's; a SEQ_CLS adapter's classifier head joins modules_to_save (as in PEFT)
+    config = config_for_model(model, read_config_json(path), config, tensors, path, PREFIX)
     try:
         plan = plan_targets(model, config)
         expected, optional = _expected(model, config, plan)
@@ -331,6 +328,12 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
                  trainable: bool = False) -> AdapterInfo:
     """Load a PEFT-format adapter directory into `model` as adapter `name`.
 
-    Every key and shape is checked first; on any error the model is left exactly as it was.
+    Every key and shape is checked first; on any error the model is left exactly as it was. A folder
+    whose peft_type has a loader in `OTHER_LOADERS` (PREFIX_TUNING, PROMPT_TUNING) goes to it.
     """
+    if (Path(path) / CONFIG_NAME).is_file():
+        peft_type = read_config_json(path).get("peft_type")
+        other = OTHER_LOADERS.get(peft_type.upper()) if isinstance(peft_type, str) else None
+        if other is not None:
+            return other(model, path, name, trainable=trainable)
     return attach_adapter(model, prepare_adapter(model, path, name, trainable=trainable))

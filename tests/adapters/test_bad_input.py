@@ -77,7 +77,7 @@ def test_garbage_weights_are_refused(saved_adapter):
     assert_unchanged(model, snap)
 
 
-@pytest.mark.parametrize("peft_type", ["IA3", "PROMPT_TUNING"])
+@pytest.mark.parametrize("peft_type", ["IA3", "P_TUNING"])
 def test_unknown_peft_type_is_refused(saved_adapter, peft_type):
     cfg_file = saved_adapter / "adapter_config.json"
     cfg = json.loads(cfg_file.read_text())
