@@ -63,6 +63,7 @@ def load_classifier(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     with_tokenizer: bool = True,
+    head_from_adapter: bool = False,
 ):
     """Load `spec` (alias, folder, .gguf or Hub id: `lorakit.models.resolve_model`) as a sequence
     classifier: returns ``(model, tokenizer)``, the model in eval mode, its forward mapping
@@ -73,7 +74,8 @@ def load_classifier(
     outputs, else replaced by a new one. None: the checkpoint's own head and labels, refused for a
     checkpoint without one. ``config.pad_token_id`` is set to the tokenizer's pad id (for
     decoders, what the head pools by); with `with_tokenizer` False the tokenizer is still read
-    for it when the folder has one, and None is returned in its place.
+    for it when the folder has one, and None is returned in its place. `head_from_adapter`: the
+    caller loads an adapter holding the head next, so a new head is not announced.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -90,7 +92,7 @@ def load_classifier(
     if labels is not None:
         id2label, label2id = label_maps(labels)
         kwargs = dict(num_labels=len(id2label), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
-        if not has_classifier_head(config):
+        if not has_classifier_head(config) and not head_from_adapter:
             log.info("model %s: a new classifier head for %d labels (randomly initialised)", spec, len(id2label))
     tok = _tokenizer_if_any(path, spec, required=with_tokenizer)
     try:

@@ -30,13 +30,27 @@ def parse_adapters(specs: list[str]) -> dict[str, str]:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `eval`, `compare` and `merge` to the top-level parser."""
     e = one_line_errors(sub.add_parser(
-        "eval", help="perplexity, style, drift and samples: base vs adapters -> report.html",
+        "eval", help="perplexity, style, drift and samples: base vs adapters -> report.html (or a classifier's "
+                     "accuracy: --task classify)",
         description="Evaluate the base model and each adapter on a prepared dataset; writes "
-                    "OUT/report.json and a self-contained OUT/report.html."))
-    e.add_argument("--model", default=None, help=MODEL_HELP)
+                    "OUT/report.json and a self-contained OUT/report.html. With --task classify: accuracy, "
+                    "macro-F1, per-class accuracy and the confusion matrix of a classifier on one split, printed "
+                    "(and written to --out FILE as JSON)."))
+    e.add_argument("--task", default="lm", choices=("lm", "classify"),
+                   help="lm (default): the language-model report; classify: score a classifier (--model, with at "
+                        "most one SEQ_CLS --adapter from `lorakit train --task classify`) on a dataset from "
+                        "`lorakit data prepare --task classify`")
+    e.add_argument("--model", default=None, help=MODEL_HELP + "; --task classify: an adapter's recorded base when "
+                                                             "not given")
     e.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH", help="adapter directory (repeat)")
     e.add_argument("--data", required=True, metavar="DIR", help="dataset from `lorakit data prepare` (uses test.jsonl)")
-    e.add_argument("--out", default="eval-report", metavar="DIR", help="report directory (default: eval-report)")
+    e.add_argument("--out", default=None, metavar="DIR",
+                   help="report directory (default: eval-report); --task classify: a JSON file for the result "
+                        "(default: printed only)")
+    e.add_argument("--split", default=None, choices=("train", "valid", "test"),
+                   help="--task classify: the split scored (default test)")
+    e.add_argument("--batch-size", type=positive_int, default=None,
+                   help="--task classify: examples per forward pass (default 16)")
     e.add_argument("--max-eval-tokens", type=positive_int, default=2500, help="scored test tokens per book (default 2500)")
     e.add_argument("--style-prompts", type=positive_int, default=6, help="held-out prompts generated for style and samples")
     e.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens per generation (default 128)")
@@ -103,6 +117,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Handler of `lorakit eval`."""
     from lorakit.eval.run import run_eval
 
+    if args.task == "classify":
+        return cmd_eval_classify(args)
+    for flag, value in (("--split", args.split), ("--batch-size", args.batch_size)):
+        if value is not None:
+            raise LorakitError(f"{flag} applies to --task classify; the language-model report reads test.jsonl")
+    args.out = args.out or "eval-report"
     adapters = parse_adapters(args.adapter)
     _check_out(args.out, args.data, args.model, adapters)
     result = run_eval(args.model, adapters, args.data, args.out,
@@ -111,6 +131,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       temperature=args.temperature, seed=args.seed, threads=args.threads, precision=args.precision)
     print(summary_lines(result))
     print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_eval_classify(args: argparse.Namespace) -> int:
+    """`lorakit eval --task classify`: one classifier on one split."""
+    from lorakit.eval.classify import format_result, run_classify_eval, write_result
+
+    adapters = parse_adapters(args.adapter)
+    if len(adapters) > 1:
+        raise LorakitError("--task classify scores one classifier: give at most one --adapter")
+    adapter = next(iter(adapters.values()), None)
+    if args.out is not None:
+        _check_out(args.out, args.data, args.model, adapters)
+    result = run_classify_eval(args.model, adapter, args.data, split=args.split or "test",
+                               batch_size=args.batch_size or 16, threads=args.threads, precision=args.precision)
+    print(format_result(result))
+    if args.out is not None:
+        print(f"result: {write_result(result, args.out)}")
     return 0
 
 

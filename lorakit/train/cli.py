@@ -43,7 +43,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command", "verbose")}
     cfg = TrainConfig.resolve(args.config, given)
     summary = run_training(cfg)
-    print(f"trained {summary['steps']} steps on {summary['tokens']:,} tokens; output in {cfg.out}")
+    unit = "examples" if cfg.task == "classify" else "tokens"  # the loss's units: one per example when classifying
+    print(f"trained {summary['steps']} steps on {summary['tokens']:,} {unit}; output in {cfg.out}")
     for choice in summary["defaults"]:  # what each setting left at auto chose, and how to say otherwise
         print(f"  default {Choice(**choice).format()}")
     return 0

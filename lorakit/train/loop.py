@@ -41,6 +41,13 @@ class Hooks:
     all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
+def _input_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The tokens a batch feeds the model (padding not counted): what a classification step computes on,
+    where its labelled count is one per example."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+
+
 def train_loop(model: nn.Module, batches, loss_fn, optimizer: torch.optim.Optimizer, scheduler, *,
                max_steps: int, grad_accum: int, max_grad_norm: float, eval_every: int, save_every: int,
                hooks: Hooks, state: LoopState) -> LoopState:
@@ -52,6 +59,7 @@ def train_loop(model: nn.Module, batches, loss_fn, optimizer: torch.optim.Optimi
         micro = [next(batches) for _ in range(grad_accum)]
         n_local = torch.tensor(float(sum(int((b["labels"] != IGNORE).sum()) for b in micro)))
         n_global = hooks.all_reduce(n_local.clone()) if hooks.all_reduce else n_local
+        seen = sum(_input_tokens(b) for b in micro)  # this process's, for throughput only
         loss_sum = 0.0
         for batch in micro:
             loss, _ = loss_fn(model, batch)
@@ -73,6 +81,7 @@ def train_loop(model: nn.Module, batches, loss_fn, optimizer: torch.optim.Optimi
         step_time = time.perf_counter() - started
         metrics = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                    "tokens": int(n_global), "tokens_per_s": float(n_global) / step_time, "step_time": step_time,
+                   "input_tokens_per_s": seen / step_time,
                    "rss_mb": rss_mb()}
         for cb in hooks.on_step:
             cb(state.step, metrics)

@@ -1,4 +1,5 @@
-"""What trains: a LoRA/DoRA adapter, every weight (full), or only the output head.
+"""What trains: a LoRA/DoRA adapter, every weight (full), or only the output head (a classifier's
+head with --task classify).
 
 Full fine-tuning and head-only are the baselines LoRA is judged against.
 """
@@ -11,6 +12,7 @@ from torch import nn
 from lorakit.adapters import LoraConfig, add_adapter, set_trainable
 from lorakit.adapters.targets import parse_targets
 from lorakit.errors import LorakitError
+from lorakit.train.classify import prepare_classifier
 from lorakit.train.config import TrainConfig
 
 
@@ -32,7 +34,9 @@ def untie_output_head(model: nn.Module) -> nn.Module:
 def prepare_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """Attach what `cfg.method` trains and freeze the rest; returns the model."""
     torch.manual_seed(cfg.seed)  # adapter init is part of the run's identity
-    if cfg.method in ("lora", "dora", "qlora"):
+    if cfg.task == "classify":  # a classifier's head, not lm_head (`lorakit.train.classify`)
+        prepare_classifier(model, cfg.method, lora_config(cfg))
+    elif cfg.method in ("lora", "dora", "qlora"):
         add_adapter(model, lora_config(cfg))
         set_trainable(model, "default")
     elif cfg.method == "full":

@@ -25,8 +25,11 @@ def _clock(seconds: float) -> str:
 class ProgressBar:
     """One live line: step, loss, tokens/s, ETA and memory (a plain line per step when not a TTY)."""
 
-    def __init__(self, total_steps: int, stream=None, enabled: bool = True) -> None:
+    def __init__(self, total_steps: int, stream=None, enabled: bool = True, per_example: bool = False) -> None:
+        """per_example: a classification run, whose labelled units are examples: examples/s and
+        input tokens/s are shown."""
         self.total, self.stream, self.enabled = total_steps, stream or sys.stderr, enabled
+        self.per_example = per_example
         self.started = time.perf_counter()
         self.start_step: int | None = None
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -41,8 +44,10 @@ class ProgressBar:
         eta = elapsed / done * (self.total - step) if done else float("nan")
         width = 24
         filled = int(width * step / max(self.total, 1))
+        rate = (f"{metrics['tokens_per_s']:.1f} ex/s  {metrics['input_tokens_per_s']:.0f} tok/s" if self.per_example
+                else f"{metrics['tokens_per_s']:.0f} tok/s")
         line = (f"[{'#' * filled}{'.' * (width - filled)}] step {step}/{self.total}  loss {metrics['loss']:.4f}  "
-                f"{metrics['tokens_per_s']:.0f} tok/s  ETA {_clock(eta)}  mem {metrics['rss_mb']:.0f} MB")
+                f"{rate}  ETA {_clock(eta)}  mem {metrics['rss_mb']:.0f} MB")
         if self.tty:
             self.stream.write("\r" + line + ("\n" if step >= self.total else ""))
         else:

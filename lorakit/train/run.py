@@ -25,6 +25,8 @@ from lorakit.runtime.precision import autocast, native_bf16
 from lorakit.train import distributed
 from lorakit.train.batches import Batches, load_samples
 from lorakit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lorakit.train import classify
+from lorakit.train.classify_batches import ClassifyBatches, refuse_classify_data
 from lorakit.train.config import TrainConfig
 from lorakit.train.defaults import memory_choices, precision_choice, resolve_data_defaults
 from lorakit.train.loop import Hooks, LoopState, train_loop
@@ -60,12 +62,15 @@ def check_out(cfg: TrainConfig, replace: bool = False) -> Path:
 
 
 def load_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, dict[str, Any]]:
-    """train and valid samples, with load statistics."""
+    """train and valid samples (classification examples for --task classify), with load statistics."""
+    if cfg.task == "classify":
+        return classify.load_classify_data(cfg, tokenizer)
     if not cfg.data:
         raise LorakitError("--data is required: a directory with train.jsonl from `lorakit data prepare`")
     data = Path(cfg.data)
     if not data.is_dir():
         raise LorakitError(f"{data}: dataset directory not found; run `lorakit data prepare --out {data}`")
+    refuse_classify_data(data)
     train, stats = load_samples(data / "train.jsonl", tokenizer, cfg.max_seq_len, cfg.strict)
     if not train:
         raise LorakitError(f"{data / 'train.jsonl'}: no usable samples; re-run `lorakit data prepare`")
@@ -80,9 +85,11 @@ def load_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, dict[str, Any]]:
 
 
 def load_base(cfg: TrainConfig, device: torch.device):
-    """Model and tokenizer for the run (4-bit base for qlora)."""
+    """Model and tokenizer for the run (4-bit base for qlora; a classifier for --task classify)."""
     from lorakit.models import load_model
 
+    if cfg.task == "classify":
+        return classify.load_classifier_base(cfg, device)
     if cfg.method == "qlora":
         from lorakit.quant import load_base_model
 
@@ -108,13 +115,45 @@ def speed_plan(cfg: TrainConfig, model: nn.Module, device: torch.device) -> Spee
 
 
 def training_loss(cfg: TrainConfig, plan: SpeedPlan, device: torch.device):
-    """The loss a step minimises: ``loss_fn(model, batch) -> (summed loss, labelled tokens)``."""
+    """The loss a step minimises: ``loss_fn(model, batch) -> (summed loss, labelled tokens)`` (for
+    --task classify: the summed, class-weighted cross-entropy and the number of examples)."""
+    if cfg.task == "classify":
+        weights = classify.class_weights(cfg.data)
+
+        def classify_loss(m: nn.Module, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+            with autocast(plan.precision, device):
+                return classify.classification_loss(m, b, weights)
+
+        return classify_loss
 
     def loss_fn(m: nn.Module, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         with autocast(plan.precision, device):  # backward runs outside it, as autocast asks
             return causal_lm_loss(m, b, cfg.loss_chunk, plan.compiled_loss)
 
     return loss_fn
+
+
+def make_batches(cfg: TrainConfig, samples: list, pad_id: int, rank: int = 0, world: int = 1):
+    """The run's endless training batches: LM rows (padded or packed), or bucketed classification
+    examples padded to each batch's longest."""
+    if cfg.task == "classify":
+        return ClassifyBatches(samples, cfg.batch_size, seed=cfg.seed, pad_id=pad_id, rank=rank, world=world)
+    return Batches(samples, cfg.batch_size, seed=cfg.seed, pad_id=pad_id, packing=cfg.packing,
+                   row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt, rank=rank, world=world)
+
+
+def evaluation(cfg: TrainConfig, model: nn.Module, valid: list, pad_id: int, plan: SpeedPlan,
+               device: torch.device) -> dict[str, float]:
+    """One evaluation on (at most --eval-batches batches of) valid.jsonl: eval_loss and perplexity,
+    or for --task classify eval_loss, eval_accuracy and eval_macro_f1."""
+    with autocast(plan.precision, device):
+        if cfg.task == "classify":
+            return classify.evaluate_classifier(model, valid, cfg.batch_size, cfg.eval_batches, pad_id,
+                                                model.config.num_labels)
+        valid_batches = Batches(valid, cfg.batch_size, seed=0, pad_id=pad_id, packing=cfg.packing,
+                                row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt)
+        n = min(cfg.eval_batches, valid_batches.per_epoch())
+        return evaluate(model, valid_batches, n, cfg.loss_chunk, plan.compiled_loss)
 
 
 def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
@@ -144,8 +183,7 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
     if dist.rank == 0 and choices:
         log.info("defaults chosen here:\n%s", "\n".join(f"  {c.format()}" for c in choices))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batches = Batches(train, cfg.batch_size, seed=cfg.seed, pad_id=pad_id, packing=cfg.packing,
-                      row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt, rank=dist.rank, world=dist.world)
+    batches = make_batches(cfg, train, pad_id, dist.rank, dist.world)
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.per_epoch() / cfg.grad_accum))
     prepare_model(model, cfg)
     undo_speed = apply_speed_plan(model, plan)
@@ -177,11 +215,7 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
             shutil.rmtree(stale, ignore_errors=True)
 
     def do_evaluate() -> dict[str, float]:
-        valid_batches = Batches(valid, cfg.batch_size, seed=0, pad_id=pad_id, packing=cfg.packing,
-                                row_len=cfg.max_seq_len, mask_prompt=cfg.mask_prompt)
-        n = min(cfg.eval_batches, valid_batches.per_epoch())
-        with autocast(precision, device):
-            return evaluate(model, valid_batches, n, cfg.loss_chunk, plan.compiled_loss)
+        return evaluation(cfg, model, valid, pad_id, plan, device)
 
     def do_save(step: int) -> None:
         if dist.rank == 0:
@@ -193,15 +227,20 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
         if dist.rank == 0 and cfg.method not in ("full", "head"):
             save_adapter(model, out / "best", **base_model_fields(fingerprint["model"]))
 
-    hooks = Hooks(evaluate=do_evaluate if valid else None, save=do_save, save_best=do_save_best,
-                  all_reduce=dist.all_reduce)
+    hooks = Hooks(evaluate=do_evaluate if valid else None, save=do_save,
+                  save_best=do_save_best if cfg.task == "lm" else None, all_reduce=dist.all_reduce)
     if cfg.release_memory:
         hooks.on_step.append(lambda step, metrics: release_free_heap())
     if dist.rank == 0:
         cfg.write(out, speed_plan=plan.to_dict())
-        hooks.on_step += [ProgressBar(max_steps, enabled=cfg.progress).on_step, metrics.on_step]
+        bar = ProgressBar(max_steps, enabled=cfg.progress, per_example=cfg.task == "classify")
+        hooks.on_step += [bar.on_step, metrics.on_step]
         hooks.on_eval += [metrics.on_eval]
-        if cfg.progress:
+        if cfg.task == "classify":  # the best adapter by accuracy, not eval loss; accuracy on the eval line
+            earlier = metrics.path if resume_from is None else resume_from.parent.parent / "metrics.jsonl"
+            hooks.on_eval += classify.eval_hooks(cfg, out / "best", lambda d: save_final(model, tokenizer, cfg, d),
+                                                 earlier, state.step)
+        elif cfg.progress:
             hooks.on_eval.append(ProgressBar(max_steps).on_eval)
     train_loop(model, batches, training_loss(cfg, plan, device), optimizer, scheduler, max_steps=max_steps, grad_accum=cfg.grad_accum,
                max_grad_norm=cfg.max_grad_norm, eval_every=cfg.eval_every, save_every=cfg.save_every,
@@ -213,7 +252,7 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
     undo_speed()
     if dist.rank == 0:
         save_final(model, tokenizer, cfg, out)
-        if cfg.method not in ("full", "head"):  # what vLLM / llama.cpp would refuse in it: warnings only
+        if cfg.task == "lm" and cfg.method not in ("full", "head"):  # what vLLM / llama.cpp would refuse: warnings
             from lorakit.export.check import warn_serving
 
             warn_serving(out, model.config)
@@ -234,7 +273,7 @@ def _precision_hint(asked: str, precision: str, device: torch.device) -> None:
 
 def _print_plan(cfg: TrainConfig, rank: int, plan: SpeedPlan) -> None:
     """Predicted peak memory before starting, with a warning when it will not fit."""
-    if rank != 0 or cfg.method == "head":
+    if rank != 0 or cfg.method == "head" or cfg.task == "classify":  # the planner models causal LMs
         return
     from lorakit.plan import estimate
 
