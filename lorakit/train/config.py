@@ -24,7 +24,8 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 # numeric settings: (type, lowest allowed, a bound the value must stay below, or None); "+" means
 # greater than 0.
-# None as a value is allowed only where the default is None (max_steps, threads, loss_chunk; alpha, then 2 x rank).
+# None as a value is allowed only where the default is None (max_steps, threads, loss_chunk; alpha, then 2 x rank;
+# batch_size and lr, then the task's own).
 NUMBERS: dict[str, tuple[type, float | str, float | None]] = {
     "rank": (int, "+", None), "batch_size": (int, "+", None), "grad_accum": (int, "+", None),
     "max_seq_len": (int, "+", None), "loss_chunk": (int, "+", None), "max_steps": (int, "+", None),
@@ -34,7 +35,13 @@ NUMBERS: dict[str, tuple[type, float | str, float | None]] = {
     "alpha": (float, "+", None), "lr": (float, "+", None), "epochs": (float, "+", None),
     "dropout": (float, 0, 1.0), "weight_decay": (float, 0, None), "max_grad_norm": (float, 0, None),
 }
-OPTIONAL = ("max_steps", "threads", "alpha", "loss_chunk")
+OPTIONAL = ("max_steps", "threads", "alpha", "loss_chunk", "batch_size", "lr")
+# batch size and learning rate where not given: the task's (and for classification the method's) usual
+# ones. A classification example is one short row, so more of them fill a GEMM; full fine-tuning moves
+# every weight and takes the customary ~10x smaller rate (BERT's fine-tuning recipe, Devlin et al., 2019).
+BATCH_SIZE = {"lm": 4, "classify": 16}
+LR = {"lm": {}, "classify": {"full": 5e-5}}  # method -> rate; others: DEFAULT_LR[task]
+DEFAULT_LR = {"lm": 2e-4, "classify": 1e-3}
 # on/off settings whose default, None ("auto"), is decided at run time: packing and mask_prompt from the
 # data (`lorakit.train.defaults`), grad_checkpoint and release_memory by the speed plan (`lorakit.plan.speed`)
 AUTO_SWITCHES = ("packing", "mask_prompt", "grad_checkpoint", "release_memory")
@@ -166,11 +173,11 @@ class TrainConfig:
     dropout: float = _f(0.0, "dropout on the LoRA path")
     targets: str = _f("all-linear", "all-linear | attention | mlp | comma-separated module names | regex")
     rslora: bool = _f(False, "rank-stabilised scaling alpha/sqrt(r)")
-    batch_size: int = _f(4, "samples (or packed rows) per micro-batch")
+    batch_size: int | None = _f(None, "samples (or packed rows) per micro-batch (default 4; --task classify: 16)")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     max_steps: int | None = _f(None, "optimizer steps (default: --epochs worth)")
     epochs: float = _f(1.0, "passes over train.jsonl when --max-steps is not given")
-    lr: float = _f(2e-4, "peak learning rate (AdamW)")
+    lr: float | None = _f(None, "peak learning rate (AdamW; default 2e-4; --task classify: 1e-3, full 5e-5)")
     schedule: str = _f("cosine", "cosine | linear | constant, after warmup")
     warmup: int = _f(10, "linear warm-up steps")
     weight_decay: float = _f(0.0, "AdamW weight decay")
@@ -238,6 +245,10 @@ class TrainConfig:
             _check_number(name, getattr(self, name), kind, low, high)
         if self.alpha is None:
             self.alpha = 2.0 * self.rank
+        if self.batch_size is None:
+            self.batch_size = BATCH_SIZE[self.task]
+        if self.lr is None:
+            self.lr = LR[self.task].get(self.method, DEFAULT_LR[self.task])
         if self.task == "classify":
             self._classify_settings()
 

@@ -266,3 +266,15 @@ def test_a_classification_adapter_is_refused_by_generate(root, trained, capsys):
                  "--prompt", "w5 w6", "--max-new-tokens", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "sequence-classification adapter" in err and "load_classifier" in err
+
+
+def test_batch_size_and_lr_left_unset_take_the_tasks_own_and_given_ones_win(tmp_path):
+    """A classification run fills a bigger batch of its short rows by default, full fine-tuning a
+    smaller rate than an adapter; anything given (flag or YAML) is kept as given."""
+    lm, cls = TrainConfig(), TrainConfig(task="classify")
+    assert cls.batch_size > lm.batch_size
+    assert TrainConfig(task="classify", method="full").lr < cls.lr
+    (tmp_path / "c.yaml").write_text("lr: 0.003\nbatch_size: 3\n")
+    resolved = TrainConfig.resolve(str(tmp_path / "c.yaml"), {"task": "classify", "method": "full"})
+    assert (resolved.lr, resolved.batch_size) == (0.003, 3)
+    assert TrainConfig.resolve(str(tmp_path / "c.yaml"), {"task": "classify", "lr": 0.5}).lr == 0.5
