@@ -22,6 +22,7 @@ from pathlib import Path
 from lorakit.errors import LorakitError
 from lorakit.eval import dataset, plots, report
 from lorakit.eval.perplexity import perplexity_by_book
+from lorakit.train.classify_batches import refuse_classify_data
 from lorakit.train.progress import read_metrics
 
 log = logging.getLogger("lorakit")
@@ -119,6 +120,7 @@ def run_compare(model_spec: str | None, data_dir: str | os.PathLike, out_dir: st
         raise LorakitError("give --budget-minutes or --steps: how long each method may train")
     started = time.perf_counter()
     out, data_dir = Path(out_dir), str(data_dir)
+    refuse_classify_data(Path(data_dir))  # its rows carry no completions to score: `--task classify`
     rows = dataset.read_split(data_dir, "test")
     if not rows:
         raise LorakitError(f"{Path(data_dir) / 'test.jsonl'}: no test samples; re-run `lorakit data prepare` "

@@ -1,4 +1,5 @@
-"""One `lorakit compare` run in a fresh process: train, measure peak memory, score held-out perplexity.
+"""One `lorakit compare` run in a fresh process: train, measure peak memory, score held-out perplexity
+(--task classify: accuracy and the confusion matrix on test.jsonl).
 
 A process of its own per method makes peak RSS that method's alone (the allocator never
 gives everything back, so sequential runs in one process would inherit each other's peak).
@@ -55,9 +56,14 @@ def run(spec: dict) -> dict:
     peak = peak_rss_mb()  # before evaluation, which loads a second copy of the weights
     out = Path(cfg.out)
     t = time.perf_counter()
-    ppl = heldout_perplexity(spec, out)
+    if cfg.task == "classify":  # accuracy on test.jsonl, not perplexity
+        from lorakit.eval.compare_classify import heldout_scores
+
+        scored = {"scores": heldout_scores(spec, out)}
+    else:
+        scored = {"perplexity": heldout_perplexity(spec, out)}
     return {"steps": summary["steps"], "tokens": summary["tokens"], "train_seconds": train_seconds,
-            "peak_rss_mb": peak, "saved_bytes": saved_bytes(out, cfg.method), "perplexity": ppl,
+            "peak_rss_mb": peak, "saved_bytes": saved_bytes(out, cfg.method), **scored,
             "eval_seconds": time.perf_counter() - t}
 
 

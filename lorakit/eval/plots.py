@@ -53,7 +53,7 @@ def bars(labels: list[str], values: list[float], ylabel: str, title: str, log: b
     return to_data_uri(fig)
 
 
-def loss_curves(curves: dict[str, dict[str, list[list[float]]]]) -> str:
+def loss_curves(curves: dict[str, dict[str, list[list[float]]]], ylabel: str = "loss (nats/token)") -> str:
     """Train (line) and eval (dots) loss per run: ``{run: {"train": [(step, loss)], "eval": [...]}}``."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for k, (name, c) in enumerate(curves.items()):
@@ -63,7 +63,7 @@ def loss_curves(curves: dict[str, dict[str, list[list[float]]]]) -> str:
         if c.get("eval"):
             ax.plot(*zip(*c["eval"]), "o--", lw=1.2, color=color, label=f"{name} eval")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
+    ax.set_ylabel(ylabel)
     ax.set_title("training loss", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
