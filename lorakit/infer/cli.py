@@ -173,8 +173,12 @@ def serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
+    from lorakit.adapters.tasks import SEQ_CLS
     from lorakit.errors import LorakitError
+    from lorakit.infer.classifier_runner import SharedBaseClassifiers, adapter_task
+    from lorakit.infer.classify_server import build_classifier_app, classifier_base
     from lorakit.infer.engine import Engine
+    from lorakit.infer.generate import parse_adapter_specs
     from lorakit.infer.server import create_app
 
     if args.adapter_root and not Path(args.adapter_root).is_dir():
@@ -182,19 +186,40 @@ def serve(args: argparse.Namespace) -> int:
     for spec in args.adapter:
         if "=" not in spec:
             raise LorakitError(f"--adapter {spec!r}: use NAME=PATH")
-    model, tok, names, base_name = _load(args.model, args.adapter, args.quantize, args.precision)
-    engine = Engine(model, tok, max_batch=args.max_batch, max_context=args.max_context, max_queue=args.max_queue)
+    # classification (SEQ_CLS) adapters: on a decoder base beside the generation ones, else the base
+    # is a classifier and serves /classify only (lorakit.infer.classifier_runner, classify_server)
+    named = parse_adapter_specs(args.adapter)
+    classify = [(n, p) for n, p in named if adapter_task(p) == SEQ_CLS]
+    generate_specs = [s for s, pair in zip(args.adapter, named) if pair not in classify]
+    base_name, engine = base_model_name(args.model), None
+    if classifier_base(args.model):
+        app = build_classifier_app(args.model, base_name, classify, generate_specs, precision=args.precision,
+                                   quantize=args.quantize, max_context=args.max_context, api_key=args.api_key,
+                                   adapter_root=args.adapter_root)
+        kind, playground = " (a classifier: /classify only)", ""
+    else:
+        model, tok, _, base_name = _load(args.model, generate_specs, args.quantize, args.precision)
+        engine = Engine(model, tok, max_batch=args.max_batch, max_context=args.max_context, max_queue=args.max_queue)
+        try:
+            classifiers = SharedBaseClassifiers(engine)
+            for name, path in classify:
+                classifiers.load(name, path, reserved={base_name})
+        except BaseException:
+            engine.close()
+            raise
+        app = create_app(engine, base_name, api_key=args.api_key, adapter_root=args.adapter_root,
+                         classifiers=classifiers)
+        kind = "" if args.quantize in (None, "none") else f" ({args.quantize} base)"
+        kind += " in bf16" if next(model.parameters()).dtype == torch.bfloat16 else ""
+        playground = " (playground at /)"
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
         loopback = args.host == "localhost"
     if not loopback and not args.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this port can use the model", args.host)
-    app = create_app(engine, base_name, api_key=args.api_key, adapter_root=args.adapter_root)
-    kind = "" if args.quantize in (None, "none") else f" ({args.quantize} base)"
-    kind += " in bf16" if next(model.parameters()).dtype == torch.bfloat16 else ""
-    log.info("serving %s%s with adapters [%s] on http://%s:%d (playground at /)", base_name, kind,
-             ", ".join(names), args.host, args.port)
+    log.info("serving %s%s with adapters [%s] on http://%s:%d%s", base_name, kind,
+             ", ".join(n for n, _ in named), args.host, args.port, playground)
     # uvicorn drains, restores the handlers it found and re-raises the signal it caught; with the
     # default handlers the process would die of it before `engine.close()`. These end it with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -206,7 +231,8 @@ def serve(args: argparse.Namespace) -> int:
         if stop.code not in (0, None):
             raise
     finally:
-        engine.close()  # requests still running after the shutdown timeout end with an error event
+        if engine is not None:
+            engine.close()  # requests still running after the shutdown timeout end with an error event
     return 0
 
 

@@ -26,6 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lorakit.adapters import adapters
 from lorakit.errors import LorakitError
 from lorakit.infer import hotswap, limits, openai_api
+from lorakit.infer.classifier_runner import SharedBaseClassifiers, is_classification_adapter
+from lorakit.infer.classify_api import add_classify_routes
 from lorakit.infer.engine import Engine
 from lorakit.infer.prompts import encode_checked
 from lorakit.infer.request import EngineError, Event, UnknownAdapterError
@@ -79,17 +81,12 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
-def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
-               adapter_root: str | Path | None = None, max_body: int = limits.MAX_BODY_BYTES) -> FastAPI:
-    """The FastAPI app serving `engine`; `base_name` is the `model` value that selects the base.
-
-    `max_body`: the largest request body taken, in bytes (larger ones get 413).
-    """
+def app_shell(api_key: str | None = None):
+    """``(app, check_key)``: an app whose every non-2xx answer carries OpenAI's envelope, and the
+    dependency that checks `api_key` (a no-op without one)."""
     # redirect_slashes off: "/v1/completions/" answers 404 in the envelope, not a 307 to follow
     app = FastAPI(title="lorakit", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.add_middleware(_FaultsAsJSON)
-    reserved = {base_name}
-    per_token = limits.max_token_chars(engine.tokenizer)
 
     @app.exception_handler(LorakitError)
     async def _user_error(_request: Request, exc: LorakitError):
@@ -105,9 +102,6 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
     async def _validation_error(_request: Request, exc: RequestValidationError):
         return _error(f"invalid request: {exc.errors()[:1]}", 400)
 
-    async def body_of(request: Request, fields: dict[str, str]) -> dict:
-        return openai_api.check_fields(await _json(request, max_body), fields)
-
     async def check_key(request: Request) -> None:
         if api_key:
             header = request.headers.get("authorization", "")
@@ -115,11 +109,34 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
             if not secrets.compare_digest(given.encode(), api_key.encode()):
                 raise AuthError("missing or wrong API key: send 'Authorization: Bearer <key>'")
 
+    return app, check_key
+
+
+def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
+               adapter_root: str | Path | None = None, max_body: int = limits.MAX_BODY_BYTES,
+               classifiers: SharedBaseClassifiers | None = None) -> FastAPI:
+    """The FastAPI app serving `engine`; `base_name` is the `model` value that selects the base.
+
+    `max_body`: the largest request body taken, in bytes (larger ones get 413). Classification
+    adapters (SEQ_CLS) load beside the generation ones and answer /classify: `classifiers`
+    holds those loaded already (`lorakit.infer.classifier_runner`).
+    """
+    app, check_key = app_shell(api_key)
+    reserved = {base_name}
+    per_token = limits.max_token_chars(engine.tokenizer)
+    classifiers = classifiers or SharedBaseClassifiers(engine)
+
+    async def body_of(request: Request, fields: dict[str, str]) -> dict:
+        return openai_api.check_fields(await _json(request, max_body), fields)
+
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(check_key)])
 
     def adapter_for(model: str) -> str | None:
         if model == base_name:
             return None
+        if classifiers.is_classifier(model):
+            raise EngineError(f"model {model!r} is a sequence-classification adapter: it answers POST /v1/classify, "
+                              "not text generation")
         if model not in engine.adapter_names():
             raise UnknownAdapterError(f"model {model!r} not found; use {base_name!r} or a loaded adapter "
                                       f"({', '.join(engine.adapter_names()) or 'none loaded'})")
@@ -187,7 +204,8 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
     async def list_adapters():
         loaded = adapters(engine.model)
         return {"object": "list", "data": [
-            {"name": n, "r": loaded[n].config.r, "alpha": loaded[n].config.alpha, "modules": len(loaded[n].modules)}
+            {"name": n, "r": loaded[n].config.r, "alpha": loaded[n].config.alpha, "modules": len(loaded[n].modules),
+             "task": "classify" if classifiers.is_classifier(n) else "generate"}
             for n in engine.public_adapters if n in loaded]}
 
     @v1.post("/adapters", status_code=201)
@@ -198,7 +216,14 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
         if adapter_root is None:
             raise hotswap.AdapterForbiddenError("loading adapters over HTTP is off; restart with --adapter-root DIR")
         started = time.perf_counter()
-        await run_in_threadpool(hotswap.load, engine, body["name"], body["path"], root=adapter_root, reserved=reserved)
+
+        def load() -> None:  # a SEQ_CLS adapter's head stays beside the engine's model (classifier_runner)
+            if is_classification_adapter(adapter_root, body["path"]):
+                classifiers.load(body["name"], body["path"], root=adapter_root, reserved=reserved)
+            else:
+                hotswap.load(engine, body["name"], body["path"], root=adapter_root, reserved=reserved)
+
+        await run_in_threadpool(load)
         # 201 once checked, built and queued: requests sent from now on run with the adapter
         return JSONResponse({"name": body["name"], "load_ms": round(1000 * (time.perf_counter() - started), 2)},
                             status_code=201)
@@ -214,6 +239,8 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
         weights, method = body.get("adapters"), body.get("method") or "linear"
         if not isinstance(body.get("name"), str) or not isinstance(weights, dict):
             raise LorakitError("send {\"name\": NEW, \"adapters\": {NAME: WEIGHT, ...}, \"method\": \"linear\"|\"ties\"}")
+        if any(classifiers.is_classifier(n) for n in weights):
+            raise LorakitError("classification adapters cannot be combined: their heads have no weighted sum here")
         density = body.get("density")
         if density is not None and not 0 < density <= 1:
             raise LorakitError(f"'density' must be a number in (0, 1], got {density!r}")
@@ -223,6 +250,7 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
         return JSONResponse({"name": body["name"], "method": method}, status_code=201)
 
     app.include_router(v1)
+    add_classify_routes(app, [Depends(check_key)], classifiers, base_name, lambda r: _json(r, max_body))
     return app
 
 
