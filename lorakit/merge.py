@@ -14,6 +14,9 @@ once to `dtype`; linears without an adapter are dequantized too, and nothing is 
 model whose outputs equal the QLoRA model's (PEFT issues #2321, #2501). Without `quantize` the
 adapter is added to the fp32 weights, which differ from what a QLoRA adapter was trained on by
 the quantization error.
+
+Prefix- and prompt-tuning adapters (PEFT's PREFIX_TUNING / PROMPT_TUNING) are refused: they change
+no weight, they add trained virtual tokens to every input, so there is nothing to fold in.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 import torch
 
 from lorakit.adapters import load_adapter, merge_and_unload, read_adapter_config
+from lorakit.adapters.io import read_config_json
+from lorakit.adapters.prompt_io import PEFT_TYPES as VIRTUAL_PEFT_TYPES
 from lorakit.atomic import atomic_dir
 from lorakit.errors import LorakitError
 from lorakit.outputs import check_output, check_replace, model_path
@@ -55,6 +60,17 @@ def recorded_base(adapter_dir: str | os.PathLike) -> str | None:
         return None
     revision = data.get("revision")  # a Hub base saved at a revision: load that one
     return f"{base}@{revision}" if isinstance(revision, str) and revision and "@" not in str(base) else str(base)
+
+
+def refuse_virtual(adapter_dir: Path) -> None:
+    """Refuse, in one line, a prefix/prompt adapter: it has no weight delta to merge."""
+    peft_type = read_config_json(adapter_dir).get("peft_type")
+    if peft_type in VIRTUAL_PEFT_TYPES:
+        what = "prefix tuning" if peft_type == "PREFIX_TUNING" else "prompt tuning"
+        raise LorakitError(f"{adapter_dir / 'adapter_config.json'}: a {peft_type} ({what}) adapter cannot be merged: "
+                           "it changes no weight, it adds trained virtual tokens to every input; generate with the "
+                           "adapter loaded instead (PEFT's PeftModel.from_pretrained, or lorakit.adapters.load_adapter "
+                           "and model.generate); nothing was written")
 
 
 def _not_merged(folder: Path) -> list[str]:
@@ -116,6 +132,7 @@ def merge_to_dir(model_spec: str | os.PathLike | None, adapter_dir: str | os.Pat
     target_dtype = parse_dtype(dtype)
     method = parse_quantize(quantize)
     adapter_dir, out = Path(adapter_dir), Path(out_dir)
+    refuse_virtual(adapter_dir)  # before anything is read, loaded or written
     config = read_adapter_config(adapter_dir)  # a one-line error naming the file, before loading a model
     spec = model_spec or recorded_base(adapter_dir)
     check_out_dir(out, adapter_dir, force, spec)

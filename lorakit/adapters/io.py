@@ -33,11 +33,14 @@ from lorakit.adapters.model import (
     plan_targets,
 )
 from lorakit.adapters.targets import iter_targets, suffix_names
-from lorakit.adapters.tasks import config_for_model, task_type
+from lorakit.adapters.tasks import SEQ_CLS, config_for_model, task_type
 from lorakit.errors import AdapterLoadError, LorakitError, one_line
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+# a SEQ_CLS adapter's class names, ``{"id2label": {"0": NAME, ...}}`` as in a model's config.json:
+# PEFT keeps no labels with an adapter (and ignores this file), so a server could not name classes
+LABELS_NAME = "labels.json"
 PREFIX = "base_model.model."
 # peft_type -> loader of a non-LoRA adapter folder; `lorakit.adapters.prompt_io` registers prefix and
 # prompt tuning here (so that this module need not import that one, which imports this)
@@ -96,7 +99,13 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike, name: str = "defa
     try:
         save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        for fname in (WEIGHTS_NAME, CONFIG_NAME):
+        files = [WEIGHTS_NAME, CONFIG_NAME]
+        id2label = getattr(model.config, "id2label", None) if task_type(model) == SEQ_CLS else None
+        if id2label:
+            labels = {"id2label": {str(i): id2label[i] for i in sorted(id2label)}}
+            (tmp / LABELS_NAME).write_text(json.dumps(labels, indent=1, ensure_ascii=False) + "\n")
+            files.append(LABELS_NAME)
+        for fname in files:
             os.replace(tmp / fname, out / fname)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -65,23 +65,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_eval)
 
     c = one_line_errors(sub.add_parser(
-        "compare", help="full vs head vs LoRA r=4/8/16 vs DoRA r=8 on the same data and tokens",
+        "compare", help="full vs head vs LoRA r=4/8/16 vs DoRA r=8 on the same data and tokens (or as "
+                        "classifiers: --task classify)",
         description="Train each method for the same steps (fitted to --budget-minutes, or --steps) "
-                    "and tabulate trainable params, held-out perplexity, wall time, peak memory, size."))
+                    "and tabulate trainable params, held-out perplexity, wall time, peak memory, size. With --task "
+                    "classify: every method trains a classifier for the same --epochs (default 1) and is scored "
+                    "on test.jsonl: accuracy, macro-F1 and a confusion matrix per method."))
+    c.add_argument("--task", default="lm", choices=("lm", "classify"),
+                   help="lm (default): causal-LM perplexity; classify: sequence classifiers on a dataset from "
+                        "`lorakit data prepare --task classify`")
     c.add_argument("--model", default=None, help=MODEL_HELP)
     c.add_argument("--data", required=True, metavar="DIR", help="dataset from `lorakit data prepare`")
     c.add_argument("--out", default="compare-report", metavar="DIR", help="output directory (default: compare-report)")
-    c.add_argument("--budget-minutes", type=positive_float, default=10.0, help="wall-time budget for everything (default 10)")
-    c.add_argument("--steps", type=positive_int, default=None, help="fixed steps per method (overrides --budget-minutes)")
+    c.add_argument("--budget-minutes", type=positive_float, default=None,
+                   help="wall-time budget for everything (default 10 for --task lm; --task classify trains "
+                        "--epochs unless this or --steps is given)")
+    c.add_argument("--steps", type=positive_int, default=None,
+                   help="fixed steps per method (--task lm: overrides --budget-minutes; --task classify: give one "
+                        "of --epochs, --steps and --budget-minutes)")
+    c.add_argument("--epochs", type=positive_float, default=None,
+                   help="--task classify: passes over train.jsonl for every method (default 1)")
+    c.add_argument("--lr", type=positive_float, default=None,
+                   help="--task classify: one learning rate for every method (default: each method's own, as "
+                        "`lorakit train --task classify` picks it)")
     c.add_argument("--methods", default=None, metavar="A,B,...",
                    help="subset of: full, head, lora-r4, lora-r8, lora-r16, dora-r8 (default: all)")
-    c.add_argument("--batch-size", type=positive_int, default=4)
-    c.add_argument("--max-seq-len", type=positive_int, default=256)
-    c.add_argument("--max-eval-tokens", type=positive_int, default=1000, help="scored test tokens per book (default 1000)")
+    c.add_argument("--batch-size", type=positive_int, default=None, help="default 4; --task classify: 16, as train")
+    c.add_argument("--max-seq-len", type=positive_int, default=None,
+                   help="default 256; --task classify: 512, as train (longer examples are truncated)")
+    c.add_argument("--max-eval-tokens", type=positive_int, default=None,
+                   help="--task lm: scored test tokens per book (default 1000)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: physical cores)")
     c.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="what every method trains in, as train's --precision (held-out perplexity stays fp32). "
+                   help="what every method trains in, as train's --precision (held-out scores stay fp32). "
                         "Default auto")
     c.set_defaults(func=cmd_compare)
 
@@ -176,9 +193,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise LorakitError(f"--methods {args.methods!r}: choose from {', '.join(known)}")
         methods = tuple(known[n] for n in names)
     _check_out(args.out, args.data, args.model)
-    result = run_compare(args.model, args.data, args.out, budget_minutes=args.budget_minutes, steps=args.steps,
-                         batch_size=args.batch_size, max_seq_len=args.max_seq_len,
-                         max_eval_tokens=args.max_eval_tokens, seed=args.seed, threads=args.threads,
+    if args.task == "classify":
+        return cmd_compare_classify(args, methods)
+    for flag, value in (("--epochs", args.epochs), ("--lr", args.lr)):
+        if value is not None:
+            raise LorakitError(f"{flag} applies to --task classify; --task lm trains every method for --steps "
+                               "(or --budget-minutes) at its own learning rate")
+    budget = args.budget_minutes if args.budget_minutes is not None or args.steps is not None else 10.0
+    result = run_compare(args.model, args.data, args.out, budget_minutes=budget, steps=args.steps,
+                         batch_size=args.batch_size or 4, max_seq_len=args.max_seq_len or 256,
+                         max_eval_tokens=args.max_eval_tokens or 1000, seed=args.seed, threads=args.threads,
                          methods=methods, precision=args.precision)
     base = result["base"]["perplexity"]["overall"]["ppl"]
     print(f"{'method':>10}  {'trainable':>12}  {'%':>7}  {'ppl':>7}  {'wall s':>7}  {'peak MB':>8}  {'size MB':>8}")
@@ -187,6 +211,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{r['name']:>10}  {r['trainable']:>12,}  {r['trainable_pct']:>7.3f}  "
               f"{r['perplexity']['overall']['ppl']:>7.2f}  {r['train_seconds']:>7.0f}  {r['peak_rss_mb']:>8.0f}  "
               f"{r['saved_bytes'] / 2**20:>8.1f}")
+    print(f"report: {Path(args.out) / 'compare.html'}")
+    return 0
+
+
+def cmd_compare_classify(args: argparse.Namespace, methods: tuple) -> int:
+    """`lorakit compare --task classify`: the table, one line per method, and the report's path."""
+    from lorakit.eval.compare_classify import format_table, run_compare_classify
+
+    if args.max_eval_tokens is not None:
+        raise LorakitError("--max-eval-tokens applies to --task lm; --task classify scores every test example")
+    result = run_compare_classify(args.model, args.data, args.out, epochs=args.epochs, steps=args.steps,
+                                  budget_minutes=args.budget_minutes, methods=methods, lr=args.lr,
+                                  batch_size=args.batch_size, max_seq_len=args.max_seq_len, seed=args.seed,
+                                  threads=args.threads, precision=args.precision)
+    print(format_table(result))
     print(f"report: {Path(args.out) / 'compare.html'}")
     return 0
 

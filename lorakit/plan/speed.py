@@ -3,7 +3,7 @@
 The trainer's speed and memory options interact: `--compile` replaces fused projections and lean
 layers (their Python-side caching breaks dynamo's graphs), lean layers are pointless under
 gradient checkpointing (which discards those activations anyway), bf16-held frozen weights are
-for LoRA only, compiled bf16 training on a CPU defaults to `eager_recompute` attention, and the
+for LoRA and prefix/prompt tuning only, prefix tuning takes no gradient checkpointing, compiled bf16 training on a CPU defaults to `eager_recompute` attention, and the
 family registry says where fusing and lean layers apply at all. `resolve_speed` applies every
 such rule and nothing else does: the trainer applies its result (`lorakit.train.speed`), the
 memory planner and the benchmark read it, and it is printed in the run summary and saved in
@@ -20,6 +20,9 @@ from lorakit.runtime.precision import resolve_precision
 
 RECOMPUTE_ATTENTION = "eager_recompute"  # registered by lorakit.train.attention
 INT8_METHODS = ("lora", "dora", "head")  # int8 GEMMs serve frozen projections: full trains them, QLoRA's are NF4
+# every projection of the base is frozen and plain (no LoRA wrapper): fusing, lean layers and bf16-held
+# weights apply as they do under LoRA; the trained prefix/prompt is a separate module none of them touch
+FROZEN_BASE_METHODS = ("lora", "prefix", "prompt")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,10 @@ def resolve_speed(*, model_type: str | None, method: str, device: Any, precision
     grad_checkpoint, release_memory = for_memory(method, grad_checkpoint), for_memory(method, release_memory)
     resolved = resolve_precision(precision, device, int8=method in INT8_METHODS)
     notes: list[str] = []
+    if grad_checkpoint and method == "prefix":  # `lorakit train` refuses it asked for; other callers get the note
+        notes.append("grad_checkpoint off: prefix tuning's prefix is a KV cache the recomputed layers would "
+                     "extend a second time")
+        grad_checkpoint = False
 
     def why_off(option: str, asked: bool, reasons: list[tuple[bool, str]]) -> bool:
         """`asked`, unless one of `reasons` holds: then off, with that reason noted."""
@@ -102,7 +109,7 @@ def resolve_speed(*, model_type: str | None, method: str, device: Any, precision
         device=device.type, precision=resolved, attention=attention, compile=compile, fuse=fused, lean=lean,
         # autocast casts frozen weights to bf16 at every use anyway; DoRA's norms read the base weight
         # in fp32 math, head-only saves the whole model, full trains every weight, QLoRA's are quantized
-        frozen_bf16=resolved == "bf16" and method == "lora",
+        frozen_bf16=resolved == "bf16" and method in FROZEN_BASE_METHODS,
         own_weights=fused and lean_memory,
         # fp32 logits need no casts, and the chunked loss's in-place steps beat the kernel there
         compiled_loss=compile and resolved == "bf16",

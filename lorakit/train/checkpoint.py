@@ -24,7 +24,8 @@ from lorakit.errors import LorakitError, one_line, short_repr
 # settings that must match to continue a run (max_steps, eval and save cadence may change)
 RESUME_KEYS = ("model", "method", "rank", "alpha", "targets", "rslora", "dropout", "batch_size", "grad_accum",
                "max_seq_len", "packing", "mask_prompt", "seed", "lr", "schedule", "warmup", "weight_decay",
-               "precision")
+               "precision", "virtual_tokens", "prefix_projection", "encoder_hidden_size", "prompt_init",
+               "prompt_init_text")
 CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json")
 
 

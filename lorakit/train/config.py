@@ -16,8 +16,9 @@ import yaml
 from lorakit.atomic import atomic_write
 from lorakit.errors import LorakitError, one_line, short_repr
 from lorakit.runtime.precision import check_precision
+from lorakit.train.virtual_settings import VIRTUAL_METHODS, check_virtual_settings
 
-METHODS = ("lora", "dora", "full", "head", "qlora")
+METHODS = ("lora", "dora", "full", "head", "qlora", *VIRTUAL_METHODS)
 TASKS = ("lm", "classify")
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -31,16 +32,18 @@ NUMBERS: dict[str, tuple[type, float | str, float | None]] = {
     "max_seq_len": (int, "+", None), "loss_chunk": (int, "+", None), "max_steps": (int, "+", None),
     "eval_batches": (int, "+", None), "log_every": (int, "+", None), "threads": (int, "+", None),
     "warmup": (int, 0, None), "eval_every": (int, 0, None), "save_every": (int, 0, None),
-    "keep_checkpoints": (int, 0, None),
+    "keep_checkpoints": (int, 0, None), "virtual_tokens": (int, "+", None), "encoder_hidden_size": (int, "+", None),
     "alpha": (float, "+", None), "lr": (float, "+", None), "epochs": (float, "+", None),
     "dropout": (float, 0, 1.0), "weight_decay": (float, 0, None), "max_grad_norm": (float, 0, None),
 }
-OPTIONAL = ("max_steps", "threads", "alpha", "loss_chunk", "batch_size", "lr")
+OPTIONAL = ("max_steps", "threads", "alpha", "loss_chunk", "batch_size", "lr", "virtual_tokens", "encoder_hidden_size")
 # batch size and learning rate where not given: the task's (and for classification the method's) usual
 # ones. A classification example is one short row, so more of them fill a GEMM; full fine-tuning moves
 # every weight and takes the customary ~10x smaller rate (BERT's fine-tuning recipe, Devlin et al., 2019).
+# Prefix and prompt tuning train a few vectors in front of the input and take far larger rates: PEFT's
+# causal-LM examples use 1e-2 (prefix) and 3e-2 (prompt; Lester et al., 2021, trained at 0.3 with Adafactor).
 BATCH_SIZE = {"lm": 4, "classify": 16}
-LR = {"lm": {}, "classify": {"full": 5e-5}}  # method -> rate; others: DEFAULT_LR[task]
+LR = {"lm": {"prefix": 1e-2, "prompt": 3e-2}, "classify": {"full": 5e-5}}  # method -> rate; others: DEFAULT_LR[task]
 DEFAULT_LR = {"lm": 2e-4, "classify": 1e-3}
 # on/off settings whose default, None ("auto"), is decided at run time: packing and mask_prompt from the
 # data (`lorakit.train.defaults`), grad_checkpoint and release_memory by the speed plan (`lorakit.plan.speed`)
@@ -167,17 +170,31 @@ class TrainConfig:
     task: str = _f("lm", "lm (next-token loss) | classify (a sequence classifier on a dataset from `lorakit data "
                          "prepare --task classify`, one output per class of its report.json)")
     method: str = _f("lora", "lora | dora | full (all weights) | head (output head only; with --task classify, "
-                             "the classifier head) | qlora (4-bit base)")
+                             "the classifier head) | qlora (4-bit base) | prefix (prefix tuning: trained key/value "
+                             "pairs in every layer) | prompt (prompt tuning: trained embeddings before the input); "
+                             "prefix and prompt save PEFT's PREFIX_TUNING / PROMPT_TUNING adapters, --task lm only")
     rank: int = _f(16, "LoRA rank r")
     alpha: float | None = _f(None, "LoRA alpha (default 2 x rank)")
     dropout: float = _f(0.0, "dropout on the LoRA path")
     targets: str = _f("all-linear", "all-linear | attention | mlp | comma-separated module names | regex")
     rslora: bool = _f(False, "rank-stabilised scaling alpha/sqrt(r)")
+    virtual_tokens: int | None = _f(None, "--method prefix/prompt: how many virtual tokens N (prefix: key/value "
+                                          "pairs per layer; prompt: embeddings before the input; default 20)")
+    prefix_projection: bool = _f(False, "--method prefix: train the prefix through PEFT's two-layer tanh MLP "
+                                        "(the adapter saves the MLP's output only, so it cannot train on later)")
+    encoder_hidden_size: int | None = _f(None, "--method prefix --prefix-projection: the MLP's hidden width "
+                                               "(default: the width of one layer's keys)")
+    prompt_init: str = _f("random", "--method prompt: how the prompt starts: random | text (the embeddings of "
+                                    "--prompt-init-text's tokens, repeated or cut to N, PEFT's TEXT init) | "
+                                    "sample_vocab (the embeddings of N random vocabulary tokens)")
+    prompt_init_text: str | None = _f(None, "--method prompt --prompt-init text: the text, e.g. a task "
+                                            "description, tokenized by the model's tokenizer")
     batch_size: int | None = _f(None, "samples (or packed rows) per micro-batch (default 4; --task classify: 16)")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     max_steps: int | None = _f(None, "optimizer steps (default: --epochs worth)")
     epochs: float = _f(1.0, "passes over train.jsonl when --max-steps is not given")
-    lr: float | None = _f(None, "peak learning rate (AdamW; default 2e-4; --task classify: 1e-3, full 5e-5)")
+    lr: float | None = _f(None, "peak learning rate (AdamW; default 2e-4; prefix 1e-2, prompt 3e-2; "
+                                "--task classify: 1e-3, full 5e-5)")
     schedule: str = _f("cosine", "cosine | linear | constant, after warmup")
     warmup: int = _f(10, "linear warm-up steps")
     weight_decay: float = _f(0.0, "AdamW weight decay")
@@ -249,6 +266,7 @@ class TrainConfig:
             self.batch_size = BATCH_SIZE[self.task]
         if self.lr is None:
             self.lr = LR[self.task].get(self.method, DEFAULT_LR[self.task])
+        check_virtual_settings(self)  # prefix/prompt settings (`lorakit.train.virtual_settings`)
         if self.task == "classify":
             self._classify_settings()
 

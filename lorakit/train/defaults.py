@@ -5,6 +5,8 @@ Fast by default: a user who gives no speed flag gets the fastest run that trains
   fewer rows or more: fewer padding positions computed, and more tokens per GEMM where samples are
   short. Samples never attend to each other in a row (`lorakit.train.batches`), so what is learned
   is the same.
+  Not for prefix and prompt tuning: their virtual tokens sit in front of each row, and the samples
+  packed in one row would share them (off, and an explicit ``--packing`` is refused).
 - ``mask_prompt`` (completion-only loss): on when the samples have a prompt (prompt/completion or
   chat data), so the adapter learns the answers, not to echo the instructions; plain text has none.
 ``precision``, ``grad_checkpoint`` and ``release_memory`` ``auto`` are resolved by the speed plan (`lorakit.plan.speed`);
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from lorakit.data.schema import Sample
 from lorakit.plan.speed import SpeedPlan
 from lorakit.train.batches import packed_rows
-from lorakit.train.config import TrainConfig
+from lorakit.train.config import VIRTUAL_METHODS, TrainConfig
 
 PACKING_PROBE = 4096  # samples the packing decision looks at (first-fit is quadratic in the rows)
 PACKING_GAIN = 0.05  # pack when it needs at least this share fewer rows: below that, packing's
@@ -66,7 +68,10 @@ def resolve_data_defaults(cfg: TrainConfig, samples: list[Sample]) -> tuple[Trai
     """`cfg` with ``packing`` and ``mask_prompt`` decided from `samples` where they are None (auto), and
     the choices made (empty when the user set both)."""
     choices = []
-    if cfg.packing is None:
+    if cfg.packing is None and cfg.method in VIRTUAL_METHODS:
+        choices.append(Choice("packing", False, f"--method {cfg.method} puts its virtual tokens in front of every "
+                              "row: packed samples would share them"))
+    elif cfg.packing is None:
         choices.append(choose_packing(samples, cfg.max_seq_len))
     if cfg.mask_prompt is None:
         choices.append(choose_mask_prompt(samples))

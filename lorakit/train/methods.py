@@ -1,5 +1,5 @@
-"""What trains: a LoRA/DoRA adapter, every weight (full), or only the output head (a classifier's
-head with --task classify).
+"""What trains: a LoRA/DoRA adapter, every weight (full), only the output head (a classifier's
+head with --task classify), or virtual tokens in front of the input (prefix or prompt tuning).
 
 Full fine-tuning and head-only are the baselines LoRA is judged against.
 """
@@ -9,9 +9,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lorakit.adapters import LoraConfig, add_adapter, set_trainable
+from lorakit.adapters import (
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    add_adapter,
+    add_prefix_tuning,
+    add_prompt_tuning,
+    set_trainable,
+)
 from lorakit.adapters.targets import parse_targets
 from lorakit.errors import LorakitError
+from lorakit.hub import base_model_fields
+from lorakit.models import DEFAULT_MODEL
 from lorakit.train.classify import prepare_classifier
 from lorakit.train.config import TrainConfig
 
@@ -31,11 +41,31 @@ def untie_output_head(model: nn.Module) -> nn.Module:
     return head
 
 
-def prepare_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
-    """Attach what `cfg.method` trains and freeze the rest; returns the model."""
+def virtual_config(cfg: TrainConfig) -> PrefixTuningConfig | PromptTuningConfig:
+    """The prefix- or prompt-tuning adapter a ``--method prefix|prompt`` run trains. A text-initialised
+    prompt records the base's tokenizer (PEFT's `tokenizer_name_or_path`: the base model's name)."""
+    if cfg.method == "prefix":
+        return PrefixTuningConfig(num_virtual_tokens=cfg.virtual_tokens, prefix_projection=cfg.prefix_projection,
+                                  encoder_hidden_size=cfg.encoder_hidden_size)
+    tokenizer_name = None
+    if cfg.prompt_init == "text":
+        tokenizer_name = base_model_fields(str(cfg.model or DEFAULT_MODEL))["base_model_name_or_path"]
+    return PromptTuningConfig(num_virtual_tokens=cfg.virtual_tokens, init=cfg.prompt_init,
+                              init_text=cfg.prompt_init_text, tokenizer_name_or_path=tokenizer_name)
+
+
+def prepare_model(model: nn.Module, cfg: TrainConfig, tokenizer=None) -> nn.Module:
+    """Attach what `cfg.method` trains and freeze the rest; returns the model. `tokenizer`: the run's,
+    for ``--prompt-init text`` (the text's tokens start the prompt)."""
     torch.manual_seed(cfg.seed)  # adapter init is part of the run's identity
     if cfg.task == "classify":  # a classifier's head, not lm_head (`lorakit.train.classify`)
         prepare_classifier(model, cfg.method, lora_config(cfg))
+    elif cfg.method == "prefix":
+        add_prefix_tuning(model, virtual_config(cfg))
+    elif cfg.method == "prompt":
+        if cfg.prompt_init == "text" and tokenizer is None:
+            raise LorakitError("--prompt-init text: no tokenizer to tokenize --prompt-init-text with")
+        add_prompt_tuning(model, virtual_config(cfg), tokenizer=tokenizer)
     elif cfg.method in ("lora", "dora", "qlora"):
         add_adapter(model, lora_config(cfg))
         set_trainable(model, "default")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorakit.adapters import save_adapter
+from lorakit.adapters import save_adapter, save_virtual_adapter
 from lorakit.errors import LorakitError
 from lorakit.hub import base_model_fields
 from lorakit.models import DEFAULT_MODEL
@@ -27,7 +27,7 @@ from lorakit.train.batches import Batches, load_samples
 from lorakit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lorakit.train import classify
 from lorakit.train.classify_batches import ClassifyBatches, refuse_classify_data
-from lorakit.train.config import TrainConfig
+from lorakit.train.config import VIRTUAL_METHODS, TrainConfig
 from lorakit.train.defaults import memory_choices, precision_choice, resolve_data_defaults
 from lorakit.train.loop import Hooks, LoopState, train_loop
 from lorakit.train.methods import prepare_model
@@ -100,10 +100,13 @@ def load_base(cfg: TrainConfig, device: torch.device):
 
 
 def save_final(model: nn.Module, tokenizer, cfg: TrainConfig, out: Path) -> None:
-    """The run's product: a PEFT adapter, or a full model directory for full/head."""
+    """The run's product: a PEFT adapter (LoRA/DoRA, or PREFIX_TUNING / PROMPT_TUNING for prefix and
+    prompt), or a full model directory for full/head."""
     if cfg.method in ("full", "head"):
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+    elif cfg.method in VIRTUAL_METHODS:
+        save_virtual_adapter(model, out, **base_model_fields(str(cfg.model or DEFAULT_MODEL)))
     else:
         save_adapter(model, out, **base_model_fields(str(cfg.model or DEFAULT_MODEL)))
 
@@ -185,7 +188,7 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = make_batches(cfg, train, pad_id, dist.rank, dist.world)
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches.per_epoch() / cfg.grad_accum))
-    prepare_model(model, cfg)
+    prepare_model(model, cfg, tokenizer)
     undo_speed = apply_speed_plan(model, plan)
     if dist.rank == 0:
         log.info("%s", plan.format())
@@ -225,7 +228,7 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
 
     def do_save_best(step: int) -> None:
         if dist.rank == 0 and cfg.method not in ("full", "head"):
-            save_adapter(model, out / "best", **base_model_fields(fingerprint["model"]))
+            save_final(model, tokenizer, cfg, out / "best")
 
     hooks = Hooks(evaluate=do_evaluate if valid else None, save=do_save,
                   save_best=do_save_best if cfg.task == "lm" else None, all_reduce=dist.all_reduce)
@@ -252,7 +255,8 @@ def run_training(cfg: TrainConfig, *, replace: bool = False) -> dict[str, Any]:
     undo_speed()
     if dist.rank == 0:
         save_final(model, tokenizer, cfg, out)
-        if cfg.task == "lm" and cfg.method not in ("full", "head"):  # what vLLM / llama.cpp would refuse: warnings
+        # what vLLM / llama.cpp would refuse: warnings (their checks read LoRA adapters)
+        if cfg.task == "lm" and cfg.method not in ("full", "head", *VIRTUAL_METHODS):
             from lorakit.export.check import warn_serving
 
             warn_serving(out, model.config)
@@ -274,6 +278,9 @@ def _precision_hint(asked: str, precision: str, device: torch.device) -> None:
 def _print_plan(cfg: TrainConfig, rank: int, plan: SpeedPlan) -> None:
     """Predicted peak memory before starting, with a warning when it will not fit."""
     if rank != 0 or cfg.method == "head" or cfg.task == "classify":  # the planner models causal LMs
+        return
+    if cfg.method in VIRTUAL_METHODS:  # the planner models full, LoRA and QLoRA training
+        log.info("memory plan: not modelled for --method %s", cfg.method)
         return
     from lorakit.plan import estimate
 
