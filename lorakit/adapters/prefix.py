@@ -91,11 +91,23 @@ class PrefixEncoder(nn.Module):
 def prefix_states(record: VirtualAdapter, batch: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the prefix keys and values, each (batch, KV heads, N, head_dim), in PEFT's layout:
     the flat vector of one virtual token is [layer][key, value][head][dim]."""
-    shape, n = record.shape, record.num_virtual_tokens
-    flat = record.encoder().to(dtype)
+    return prefix_kv(record.encoder().to(dtype), record.shape, batch)
+
+
+def prefix_kv(flat: torch.Tensor, shape: VirtualShape, batch: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The flat prefix `flat` (N, layers*2*token_dim) as per-layer (keys, values), each
+    (batch, KV heads, N, head_dim): views of `flat` (PEFT's ``get_prompt`` layout)."""
+    n = flat.shape[0]
     kv = flat.view(1, n, shape.num_layers * 2, shape.num_attention_heads, shape.head_dim).permute(2, 0, 3, 1, 4)
     kv = kv.expand(-1, batch, -1, -1, -1)
     return [(kv[2 * i], kv[2 * i + 1]) for i in range(shape.num_layers)]
+
+
+def check_prefix_model(model: nn.Module) -> None:
+    """Refuse a model whose KV cache layout lorakit does not know (PEFT reorders the prefix for some)."""
+    if family_for(model) is FALLBACK:
+        raise LorakitError(f"{type(model).__name__}: prefix tuning needs the model's KV cache layout, known for the "
+                           "families in lorakit's registry only (some architectures reorder PEFT's prefix)")
 
 
 def prefix_cache(model: nn.Module, batch: int, cache=None):
@@ -152,9 +164,7 @@ def add_prefix_tuning(model: nn.Module, config: PrefixTuningConfig, name: str = 
     MLP (PEFT's inference mode). Everything is checked before the model is touched.
     """
     backbone = check_model(model)
-    if family_for(model) is FALLBACK:
-        raise LorakitError(f"{type(model).__name__}: prefix tuning needs the model's KV cache layout, known for the "
-                           "families in lorakit's registry only (some architectures reorder PEFT's prefix)")
+    check_prefix_model(model)
     if getattr(backbone, "gradient_checkpointing", False):
         raise LorakitError("prefix tuning does not work with gradient checkpointing (PEFT refuses it too): "
                            "turn checkpointing off first")

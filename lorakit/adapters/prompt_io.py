@@ -19,9 +19,16 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from lorakit.adapters.io import CONFIG_NAME, OTHER_LOADERS, WEIGHTS_NAME, read_adapter_weights, read_config_json
-from lorakit.adapters.prefix import PrefixTuningConfig, add_prefix_tuning
+from lorakit.adapters.prefix import PrefixTuningConfig, add_prefix_tuning, check_prefix_model
 from lorakit.adapters.prompt import PromptTuningConfig, add_prompt_tuning
-from lorakit.adapters.virtual import CAUSAL_LM, VirtualAdapter, VirtualShape, model_shape, virtual_adapter
+from lorakit.adapters.virtual import (
+    CAUSAL_LM,
+    VirtualAdapter,
+    VirtualShape,
+    check_causal_lm,
+    model_shape,
+    virtual_adapter,
+)
 from lorakit.atomic import atomic_write
 from lorakit.errors import AdapterLoadError, LorakitError, short_repr
 
@@ -139,11 +146,22 @@ def _prompt_tensor(path: Path, want: tuple[int, int]) -> torch.Tensor:
     return tensor
 
 
-def load_virtual_adapter(model: torch.nn.Module, path: str | os.PathLike, name: str = "default", *,
-                         trainable: bool = False) -> VirtualAdapter:
-    """Load a PEFT prefix- or prompt-tuning folder into causal LM `model`; every field and the tensor
-    are checked first, so on any error the model is left as it was. A prefix trained with
-    `prefix_projection` loads as its saved output (the MLP is not in the file), so not trainable."""
+def virtual_peft_type(path: str | os.PathLike) -> str | None:
+    """PREFIX_TUNING or PROMPT_TUNING when folder `path` holds such an adapter, else None (also for a
+    missing or unreadable config: the LoRA loader then says what is wrong with it)."""
+    try:
+        peft_type = read_config_json(path).get("peft_type")
+    except AdapterLoadError:
+        return None
+    peft_type = peft_type.upper() if isinstance(peft_type, str) else None
+    return peft_type if peft_type in PEFT_TYPES else None
+
+
+def read_virtual_adapter(model: torch.nn.Module, path: str | os.PathLike, *, trainable: bool = False
+                         ) -> tuple[PrefixTuningConfig | PromptTuningConfig, torch.Tensor, VirtualShape]:
+    """``(config, prompt_embeddings, shape)`` of the prefix/prompt folder `path`, every field and the
+    tensor checked against `model` (which is not changed). The tensor is (N, layers*2*token_dim) for
+    prefix tuning, (N, hidden size) for prompt tuning, as saved."""
     path = Path(path)
     if not path.is_dir():
         raise AdapterLoadError(f"{path}: adapter directory not found")
@@ -154,14 +172,26 @@ def load_virtual_adapter(model: torch.nn.Module, path: str | os.PathLike, name: 
         raise AdapterLoadError(f"{source}: a prefix trained with prefix_projection holds the MLP's output only, so it "
                                "cannot train on (PEFT cannot either); load it with trainable=False")
     try:
+        check_causal_lm(model)
+        if prefix:
+            check_prefix_model(model)
         shape = model_shape(model, prefix=prefix)
     except LorakitError as exc:
         raise AdapterLoadError(f"{path}: {exc}") from None
     _check_shape(source, declared, shape)
     n = config.num_virtual_tokens
     tensor = _prompt_tensor(path, (n, shape.num_layers * 2 * shape.token_dim) if prefix else (n, shape.token_dim))
+    return config, tensor, shape
+
+
+def load_virtual_adapter(model: torch.nn.Module, path: str | os.PathLike, name: str = "default", *,
+                         trainable: bool = False) -> VirtualAdapter:
+    """Load a PEFT prefix- or prompt-tuning folder into causal LM `model`; every field and the tensor
+    are checked first, so on any error the model is left as it was. A prefix trained with
+    `prefix_projection` loads as its saved output (the MLP is not in the file), so not trainable."""
+    config, tensor, _ = read_virtual_adapter(model, path, trainable=trainable)
     try:
-        if prefix:
+        if isinstance(config, PrefixTuningConfig):
             return add_prefix_tuning(model, config, name, weights=tensor, trainable=trainable)
         return add_prompt_tuning(model, config, name, weights=tensor, trainable=trainable)
     except AdapterLoadError:

@@ -117,6 +117,15 @@ def model_shape(model: nn.Module, prefix: bool) -> VirtualShape:
 
 def check_model(model: nn.Module) -> nn.Module:
     """The decoder backbone of causal LM `model`; refuses other models and a second adapter."""
+    backbone = check_causal_lm(model)
+    if virtual_adapter(model) is not None:
+        raise LorakitError(f"a {virtual_adapter(model).peft_type} adapter is attached already; "
+                           "remove_virtual_adapter(model) first (one per model, as in PEFT)")
+    return backbone
+
+
+def check_causal_lm(model: nn.Module) -> nn.Module:
+    """The decoder backbone of causal LM `model`; refuses models virtual tokens cannot run on."""
     # GPT-2's class is GPT2LMHeadModel (PEFT's task_type CAUSAL_LM all the same)
     if task_type(model) != CAUSAL_LM and not type(model).__name__.endswith("LMHeadModel"):
         raise LorakitError(f"{type(model).__name__}: prefix and prompt tuning are for causal LMs "
@@ -124,9 +133,6 @@ def check_model(model: nn.Module) -> nn.Module:
     backbone = getattr(model, "base_model", None)
     if not isinstance(backbone, nn.Module) or backbone is model:
         raise LorakitError(f"{type(model).__name__}: no decoder backbone (model.base_model) to attach virtual tokens to")
-    if virtual_adapter(model) is not None:
-        raise LorakitError(f"a {virtual_adapter(model).peft_type} adapter is attached already; "
-                           "remove_virtual_adapter(model) first (one per model, as in PEFT)")
     return backbone
 
 
@@ -206,7 +212,8 @@ def cache_state(record: VirtualAdapter, cache: Any) -> bool:
         return True
     if not isinstance(cache, DynamicCache):
         raise LorakitError(f"{record.peft_type}: the KV cache must be transformers' DynamicCache, got "
-                           f"{type(cache).__name__} (lorakit's serving engine does not hold virtual tokens)")
+                           f"{type(cache).__name__}; for the serving engine load the adapter with "
+                           "lorakit.infer.virtual_rows.load_any_adapter instead")
     if cache.get_seq_length() == 0:
         return True
     if getattr(cache, CACHE_MARK, None) != record.num_virtual_tokens:

@@ -17,6 +17,7 @@ from torch import nn
 from lorakit.adapters import disable_adapters, set_adapter
 from lorakit.data.schema import Sample
 from lorakit.infer.batch import BASE
+from lorakit.infer.virtual_rows import running_virtual, virtual_rows
 from lorakit.train.batches import padded_batch
 from lorakit.train.objective import causal_lm_loss
 
@@ -48,9 +49,12 @@ def summarize(nll_sum: float, tokens: int) -> dict[str, float]:
 
 
 def target_context(model: nn.Module, target: str):
-    """Context manager under which `model` runs `target` (an adapter name, or BASE)."""
+    """Context manager under which `model` runs `target` (an adapter name, or BASE). A prefix/prompt
+    adapter runs with its virtual tokens in front of every sample; only the real tokens are scored."""
     if target == BASE:
         return disable_adapters(model)
+    if target in virtual_rows(model):
+        return running_virtual(model, target)
     set_adapter(model, target)
     return nullcontext(model)
 

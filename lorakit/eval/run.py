@@ -10,11 +10,13 @@ from pathlib import Path
 
 import torch
 
-from lorakit.adapters import load_adapter, read_adapter_config
+from lorakit.adapters import read_adapter_config
+from lorakit.adapters.prompt_io import read_virtual_config
 from lorakit.errors import LorakitError
 from lorakit.eval import dataset, drift, report, samples
 from lorakit.eval.perplexity import perplexity_table
 from lorakit.infer.batch import BASE
+from lorakit.infer.virtual_rows import is_virtual_folder, load_any_adapter
 
 log = logging.getLogger("lorakit")
 
@@ -27,7 +29,10 @@ def check_adapters(adapters: dict[str, str | os.PathLike]) -> dict[str, Path]:
             raise LorakitError(f"adapter name '{BASE}' is reserved for the model without adapters; pick another name")
         if not name or any(c in name for c in "=/\\"):
             raise LorakitError(f"adapter name {name!r}: use letters, digits, '-' or '_'")
-        read_adapter_config(path)  # one-line error naming the file when it is not an adapter
+        if is_virtual_folder(path):  # prefix/prompt tuning: its own config fields
+            read_virtual_config(path)
+        else:
+            read_adapter_config(path)  # one-line error naming the file when it is not an adapter
         checked[name] = Path(path)
     return checked
 
@@ -58,8 +63,8 @@ def run_eval(model_spec: str | None, adapters: dict[str, str | os.PathLike], dat
     check_precision(precision)  # a bad name fails before loading
     model, tok = load_model(model_spec, dtype=torch.float32)
     precision = hold_base_in(model, precision)
-    for name, path in paths.items():
-        load_adapter(model, path, name)  # refuses an adapter made for another base, model unchanged
+    for name, path in paths.items():  # refuses an adapter made for another base, model unchanged
+        load_any_adapter(model, path, name)  # prefix/prompt: tensors the loss and the engine put in front
     targets = [BASE, *paths]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     context = getattr(model.config, "max_position_embeddings", None) or 2048

@@ -100,9 +100,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _load(model_spec, adapter_specs, quantize: str | None = None, precision: str = "auto"):
     """Base model (quantized if asked, see `load_base_model`; in bf16 if asked) with the named
     adapters loaded (their factors fp32 either way)."""
-    from lorakit.adapters import load_adapter
     from lorakit.errors import LorakitError
     from lorakit.infer.generate import parse_adapter_specs
+    from lorakit.infer.virtual_rows import load_any_adapter
     from lorakit.quant.load import load_base_model, parse_quantize
     from lorakit.runtime.precision import check_precision, hold_base_in
 
@@ -114,8 +114,8 @@ def _load(model_spec, adapter_specs, quantize: str | None = None, precision: str
     model, tok = load_base_model(model_spec, quantize)
     if not quantized:  # `auto` keeps a quantized base in fp32
         hold_base_in(model, precision)
-    for name, path in named:
-        load_adapter(model, path, name)
+    for name, path in named:  # prefix/prompt tuning folders load as the engine's per-row virtual tokens
+        load_any_adapter(model, path, name)
     return model, tok, [n for n, _ in named], base_model_name(model_spec)
 
 

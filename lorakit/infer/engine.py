@@ -2,10 +2,12 @@
 
 Requests join between decode steps. A new request's prompt is prefilled in chunks (one
 chunk per iteration, so running streams keep moving), then it decodes with everyone else
-in one batched forward where each row runs its own adapter (`adapter_rows`). The model
-only ever runs on the worker thread; other threads talk to it through `submit`, `cancel`,
-`call` (a function run between steps, waited for) and `post` (the same, not waited for: an
-adapter load returns as soon as its attach is queued, since requests queue behind it).
+in one batched forward where each row runs its own adapter (`adapter_rows`); a prefix- or
+prompt-tuning adapter's virtual tokens go into its row's cache slot first and the row then
+decodes as a base row (`lorakit.infer.virtual_rows`). The model only ever runs on the worker
+thread; other threads talk to it through `submit`, `cancel`, `call` (a function run between
+steps, waited for) and `post` (the same, not waited for: an adapter load returns as soon as
+its attach is queued, since requests queue behind it).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from typing import Any
 
 import torch
 
-from lorakit.adapters import adapter_rows, adapters, delete_adapter
+from lorakit.adapters import adapter_rows, adapters, delete_adapter, virtual_adapter
 from lorakit.errors import LorakitError
 from lorakit.infer.kvcache import SlotCache
 from lorakit.infer.request import Event, PromptTooLongError, QueueFullError, Request, UnknownAdapterError
 from lorakit.infer.sampling import SamplingParams
+from lorakit.infer.virtual_rows import delete_virtual, prompt_inputs, start_row, virtual_rows
 
 log = logging.getLogger("lorakit.infer")
 
@@ -102,6 +105,10 @@ class Engine:
         forever) or a KV cache larger than the free memory.
         """
         check_sizes(max_batch=max_batch, max_context=max_context, max_queue=max_queue, prefill_chunk=prefill_chunk)
+        if virtual_adapter(model) is not None:
+            raise LorakitError(f"the model has a {virtual_adapter(model).peft_type} adapter attached by hooks, which "
+                               "would act on every row; remove_virtual_adapter(model) and load the folder with "
+                               "lorakit.infer.virtual_rows.load_any_adapter instead")
         self.model, self.tokenizer = model, tokenizer
         self.threads = worker_threads(threads)
         limit = getattr(model.config, "max_position_embeddings", None) or max_context
@@ -115,7 +122,8 @@ class Engine:
         self.prefilling: Request | None = None  # at most one, in slot len(rows)
         self.waiting: deque[Request] = deque()
         self.draining: set[str] = set()         # unloaded: no new requests, deleted once idle
-        self.public_adapters: tuple[str, ...] = tuple(adapters(model))
+        self.public_adapters: tuple[str, ...] = ()
+        self.refresh_adapters()                 # the LoRA and the prefix/prompt adapters loaded on the model
         self.pending: set[str] = set()          # adapters whose attach is queued: requests may name them
         self.tokens_generated = 0
         self._inbox: queue.Queue = queue.Queue()
@@ -135,6 +143,7 @@ class Engine:
         if len(prompt_ids) >= self.max_context:
             raise PromptTooLongError(f"the prompt has {len(prompt_ids)} tokens but the context holds {self.max_context}; "
                                      "shorten the prompt")
+        self._check_virtual_fits(len(prompt_ids), adapter)
         if self._inbox.qsize() + len(self.waiting) >= self.max_queue:
             raise QueueFullError(f"{self.max_queue} requests are already queued; retry later")
         req = Request(list(prompt_ids), adapter, params, emit, tokenizer=self.tokenizer)
@@ -144,6 +153,14 @@ class Engine:
                                           f"loaded: {', '.join(self.adapter_names()) or 'none'}")
             self._inbox.put(("submit", req))
         return req
+
+    def _check_virtual_fits(self, prompt_len: int, adapter: str | None) -> None:
+        """Refuse a prompt that does not fit the context after a prefix/prompt adapter's virtual tokens."""
+        rows = virtual_rows(self.model).get(adapter) if adapter is not None else None
+        if rows is not None and prompt_len + rows.num_virtual_tokens >= self.max_context:
+            raise PromptTooLongError(f"the prompt has {prompt_len} tokens and adapter {adapter!r} puts "
+                                     f"{rows.num_virtual_tokens} virtual tokens before it, but the context holds "
+                                     f"{self.max_context}; shorten the prompt")
 
     def cancel(self, req: Request) -> None:
         """Stop `req` at the next step and free its slot (e.g. the client went away)."""
@@ -197,7 +214,8 @@ class Engine:
 
     def refresh_adapters(self) -> None:
         """Recompute the adapters new requests may use (worker thread, after any change)."""
-        self.public_adapters = tuple(n for n in adapters(self.model) if n not in self.draining)
+        names = [*adapters(self.model), *virtual_rows(self.model)]
+        self.public_adapters = tuple(n for n in names if n not in self.draining)
 
     def adapter_names(self) -> tuple[str, ...]:
         """Adapters requests may name now: the loaded ones and those whose attach is queued."""
@@ -237,7 +255,8 @@ class Engine:
     def _handle(self, item) -> None:
         kind, payload = item
         if kind == "submit":
-            if payload.adapter is not None and payload.adapter not in adapters(self.model):
+            known = payload.adapter in adapters(self.model) or payload.adapter in virtual_rows(self.model)
+            if payload.adapter is not None and not known:
                 payload.fail(f"adapter {payload.adapter!r} failed to load; see the server log")  # its attach failed
             else:
                 self.waiting.append(payload)
@@ -268,7 +287,13 @@ class Engine:
     def _admit(self) -> None:
         if self.prefilling is None and self.waiting and len(self.rows) < self.max_batch:
             req = self.waiting.popleft()
+            try:  # an adapter whose attach was queued when the request came: its length is checked now
+                self._check_virtual_fits(len(req.prompt_ids), req.adapter)
+            except PromptTooLongError as exc:
+                req.fail(str(exc))
+                return
             req.slot = len(self.rows)
+            start_row(self.cache, req, virtual_rows(self.model).get(req.adapter) if req.adapter else None)
             self.prefilling = req
 
     def _remove(self, req: Request) -> None:
@@ -283,21 +308,27 @@ class Engine:
             self.cache.move(self.prefilling.slot, len(self.rows), self.prefilling.cached)
             self.prefilling.slot = len(self.rows)
 
-    def _forward(self, ids: torch.Tensor, first: int, starts: list[int], names: list[str | None]) -> torch.Tensor:
-        mask = self.cache.bind(first, starts, ids.shape[1])
+    def _forward(self, ids: torch.Tensor, first: int, starts: list[int], names: list[str | None],
+                 lead: torch.Tensor | None = None) -> torch.Tensor:
+        """Last-position logits (rows, vocab) of `ids` (rows, T) for slots ``first..``, row i running
+        LoRA adapter ``names[i]``; `lead` (N, hidden): prompt-tuning embeddings before the one row's ids."""
+        mask = self.cache.bind(first, starts, ids.shape[1] + (0 if lead is None else lead.shape[0]))
         rows = adapter_rows(self.model, names) if adapters(self.model) else nullcontext()
         with rows:
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=self.cache.position_ids(),
+            inputs = {"input_ids": ids} if lead is None else {"inputs_embeds": prompt_inputs(self.model, lead, ids)}
+            out = self.model(**inputs, attention_mask=mask, position_ids=self.cache.position_ids(),
                              past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
 
     def _step(self) -> None:
         req = self.prefilling
         if req is not None:
-            chunk = req.prompt_ids[req.cached: req.cached + self.prefill_chunk]
-            logits = self._forward(torch.tensor([chunk]), req.slot, [req.cached], [req.adapter])
-            req.cached += len(chunk)
-            if req.cached == len(req.prompt_ids):
+            done = max(0, req.cached - req.virtual)  # prompt tokens in the cache
+            chunk = req.prompt_ids[done: done + self.prefill_chunk]
+            lead, req.virtual_embeds = req.virtual_embeds, None  # prompt tuning: in front of the first chunk
+            logits = self._forward(torch.tensor([chunk]), req.slot, [req.cached], [req.lora], lead)
+            req.cached += len(chunk) + (0 if lead is None else lead.shape[0])
+            if req.cached == req.virtual + len(req.prompt_ids):
                 self.prefilling = None
                 self.rows.append(req)
                 self._accept(req, logits[0])
@@ -305,7 +336,7 @@ class Engine:
             return
         batch = list(self.rows)
         ids = torch.tensor([[r.next_token] for r in batch])
-        logits = self._forward(ids, 0, [r.cached for r in batch], [r.adapter for r in batch])
+        logits = self._forward(ids, 0, [r.cached for r in batch], [r.lora for r in batch])
         for r in batch:
             r.cached += 1
         for r, row in zip(batch, logits):
@@ -330,6 +361,8 @@ class Engine:
         for name in [n for n in self.draining if not self.in_use(n)]:
             if name in adapters(self.model):
                 delete_adapter(self.model, name)
+            elif name in virtual_rows(self.model):
+                delete_virtual(self.model, name)
             self.draining.discard(name)
             log.info("adapter %s unloaded", name)
             self.refresh_adapters()

@@ -23,6 +23,7 @@ from lorakit.errors import AdapterLoadError, LorakitError
 from lorakit.infer.combine import install_adapter, plan_combination
 from lorakit.infer.engine import Engine
 from lorakit.infer.request import EngineError, UnknownAdapterError
+from lorakit.infer.virtual_rows import attach_virtual, is_virtual_folder, prepare_virtual, virtual_rows
 
 # no '.': torch refuses it in module names, and an adapter's name becomes one (lora_A[name])
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
@@ -97,14 +98,19 @@ def load(engine: Engine, name: str, path: str | os.PathLike, *, root: str | os.P
         is_dir = False
     if not is_dir:
         raise AdapterPathNotFoundError(f"adapter directory {str(path)!r} not found under the adapter root")
+    virtual = is_virtual_folder(target)  # prefix/prompt tuning: tensors the engine puts in rows' slots
     try:  # read, check and build the tensors here: the engine keeps decoding meanwhile
-        prepared = prepare_adapter(engine.model, target, name)
+        prepare = prepare_virtual if virtual else prepare_adapter
+        prepared = prepare(engine.model, target, name)
     except AdapterLoadError as exc:
         raise AdapterIncompatibleError(str(exc)) from None
 
     def apply() -> float:
         start = time.perf_counter()
-        attach_adapter(engine.model, prepared)  # inserts the ready modules: the model changes only here
+        if virtual:
+            attach_virtual(engine.model, prepared)
+        else:
+            attach_adapter(engine.model, prepared)  # inserts the ready modules: the model changes only here
         return time.perf_counter() - start
 
     try:
@@ -132,6 +138,10 @@ def combine(engine: Engine, name: str, weights: dict[str, float], *, method: str
     if missing:
         raise UnknownAdapterError(f"no adapter named {missing[0]!r} to combine; "
                                   f"loaded: {', '.join(engine.adapter_names()) or 'none'}")
+    virtual = [n for n in weights if n in virtual_rows(engine.model)]
+    if virtual:
+        raise EngineError(f"adapter {virtual[0]!r} is a prefix/prompt tuning adapter: it has no weights to add up; "
+                          "combine LoRA adapters only")
     if any(n in engine.pending for n in weights):
         engine.call(lambda: None)  # the combination reads their factors: let queued attaches land first
     try:

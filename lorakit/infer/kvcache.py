@@ -36,6 +36,11 @@ class SlotCache:
         self._kv_len = 0
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The buffers' dtype."""
+        return self.keys[0].dtype
+
+    @property
     def bytes(self) -> int:
         """Memory held by the buffers."""
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
@@ -75,6 +80,19 @@ class SlotCache:
                 k_buf[lo + i, :, s:s + self._new] = key_states[i]
                 v_buf[lo + i, :, s:s + self._new] = value_states[i]
         return k_buf[lo:hi, :, : self._kv_len], v_buf[lo:hi, :, : self._kv_len]
+
+    def seed(self, slot: int, states: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Write per-layer (keys, values), each (kv_heads, N, head_dim), into positions 0..N-1 of
+        `slot` as they are (a prefix-tuning adapter's prefix: no rotary position); returns N."""
+        if len(states) != len(self.keys):
+            raise ValueError(f"a prefix for {len(states)} layers, but the cache has {len(self.keys)}")
+        n = states[0][0].shape[-2]
+        if n >= self.max_len:
+            raise ValueError(f"a prefix of {n} positions does not fit a cache of {self.max_len}")
+        for k_buf, v_buf, (keys, values) in zip(self.keys, self.values, states):
+            k_buf[slot, :, :n] = keys
+            v_buf[slot, :, :n] = values
+        return n
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy slot `src`'s first `length` positions into slot `dst` (to keep running rows contiguous)."""

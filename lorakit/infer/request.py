@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 from lorakit.errors import LorakitError
 from lorakit.infer.detok import IncrementalDetokenizer, StopMatcher
 from lorakit.infer.sampling import Sampler, SamplingParams
@@ -64,6 +66,10 @@ class Request:
     output_ids: list[int] = field(default_factory=list)  # every sampled id, an ending EOS included
     cancelled: bool = False
     finished: bool = False
+    # set when the request gets its slot (`lorakit.infer.virtual_rows.start_row`)
+    lora: str | None = None  # the LoRA adapter its row runs (None for the base and for a prefix/prompt adapter)
+    virtual: int = 0         # cache positions a prefix/prompt adapter's virtual tokens take before the prompt
+    virtual_embeds: torch.Tensor | None = None  # prompt tuning: (N, hidden), prefilled before the prompt
 
     def __post_init__(self) -> None:
         self.sampler = Sampler(self.params)

@@ -31,6 +31,7 @@ from lorakit.infer.classify_api import add_classify_routes
 from lorakit.infer.engine import Engine
 from lorakit.infer.prompts import encode_checked
 from lorakit.infer.request import EngineError, Event, UnknownAdapterError
+from lorakit.infer.virtual_rows import virtual_rows
 
 PLAYGROUND = Path(__file__).with_name("playground.html")
 log = logging.getLogger("lorakit.infer")
@@ -202,11 +203,17 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None,
 
     @v1.get("/adapters")
     async def list_adapters():
-        loaded = adapters(engine.model)
-        return {"object": "list", "data": [
-            {"name": n, "r": loaded[n].config.r, "alpha": loaded[n].config.alpha, "modules": len(loaded[n].modules),
-             "task": "classify" if classifiers.is_classifier(n) else "generate"}
-            for n in engine.public_adapters if n in loaded]}
+        loaded, virtual = adapters(engine.model), virtual_rows(engine.model)
+        data = []
+        for n in engine.public_adapters:
+            if n in loaded:
+                data.append({"name": n, "r": loaded[n].config.r, "alpha": loaded[n].config.alpha,
+                             "modules": len(loaded[n].modules),
+                             "task": "classify" if classifiers.is_classifier(n) else "generate"})
+            elif n in virtual:  # prefix/prompt tuning: virtual tokens, no rank
+                data.append({"name": n, "peft_type": virtual[n].peft_type,
+                             "num_virtual_tokens": virtual[n].num_virtual_tokens, "task": "generate"})
+        return {"object": "list", "data": data}
 
     @v1.post("/adapters", status_code=201)
     async def load_adapter(request: Request):
