@@ -15,7 +15,7 @@ from torch import nn
 
 from lorakit.adapters.config import LoraConfig
 from lorakit.adapters.dora import DoraMagnitude
-from lorakit.adapters.dropout import LoraDropout
+from lorakit.adapters.dropout import LoraDropout, dropped_down
 
 
 class LoraLayer(nn.Module):
@@ -307,7 +307,7 @@ class LoraLinear(LoraLayer):
                 continue
             # plain LoRA: result + (s * A(drop(x))) @ B^T as one addmm (no (.., out) temporaries)
             A, B = self.lora_A[name], self.lora_B[name]
-            h = A(self.lora_dropout[name](x.to(A.weight.dtype))) * self.scaling[name]
+            h = dropped_down(self.lora_dropout[name], x.to(A.weight.dtype), A.weight, self.scaling[name])
             # a bf16 base's output joins the fp32 factors' addmm in fp32 (cast back below); no copy in fp32
             result = torch.addmm(result.reshape(-1, result.shape[-1]).to(h.dtype), h.reshape(-1, h.shape[-1]),
                                  B.weight.T).view(result.shape)

@@ -10,7 +10,7 @@ on Llama/Qwen2 layers, sdpa attention, and exact for every size tried):
   reciprocal roots (2);
 * the input of each trained linear, once per distinct input (q/k/v share one, gate/up one,
   down has its own): H, H and I for all-linear LoRA;
-* each LoRA adapter's ``A x`` (r), and with LoRA dropout a dropped copy of its input (+ mask);
+* each LoRA adapter's ``A x`` (r), and with LoRA dropout a bool mask of its input (x itself is kept as without);
 * full fine-tuning: the two normalised inputs the trained norm weights multiply (2 H).
 
 Lean layers (`lorakit.train.lean`, when the speed plan's `lean` is on: the trainer's default
@@ -64,8 +64,8 @@ def saved_bytes_per_token_per_layer(arch: ArchFacts, method: str, rank: int, lor
         n += 2 * arch.hidden
     else:
         n += rank * -(-arch.adapted_linears // arch.layers)
-        if lora_dropout > 0:  # dropout(x) per adapter: an fp32 copy and a bool mask of its input
-            extra = (FP32 + 1) * -(-arch.adapted_in_features // arch.layers)
+        if lora_dropout > 0:  # a bool mask of its input per adapter; x itself is kept as without dropout
+            extra = -(-arch.adapted_in_features // arch.layers)  # (`lorakit.adapters.dropout.dropped_down`)
     return FP32 * n + extra
 
 

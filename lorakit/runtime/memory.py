@@ -4,6 +4,11 @@ glibc raises its mmap threshold each time a large block is freed (up to its 32 M
 tensors of a few MB come from the heap, and the heap's high-water mark stays resident
 (bench/RESULTS_quant.md). Pinning the threshold at 1 MB (`lean_malloc`) serves every larger
 tensor by mmap, returned on free; the cost is a page fault per fresh page.
+A training step allocates and frees the same large buffers every step (the loss chunk's logits are
+far over the ceiling, so glibc maps and unmaps them each time), and on a virtual machine each fresh
+page's fault is dear. `steady_malloc` is the opposite of `lean_malloc`: every block comes from the
+heap and the heap is never trimmed, so step two onwards reuses step one's pages (bench/RESULTS.md,
+round 8). The peak is the same; what a step frees stays resident for the next one.
 """
 
 from __future__ import annotations
@@ -15,20 +20,35 @@ import sys
 import psutil
 import torch
 
-M_MMAP_THRESHOLD = -3  # glibc malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
 LEAN_THRESHOLD = 1 << 20
+DEFAULT_TRIM_THRESHOLD = 128 * 1024  # glibc's M_TRIM_THRESHOLD default (mallopt(3))
+STEADY_MMAP_THRESHOLD = 1 << 30  # blocks up to 1 GiB from the heap
+STEADY_TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int: the largest, i.e. never trim
 
 
-def lean_malloc(threshold: int = LEAN_THRESHOLD) -> bool:
-    """Pin glibc's mmap threshold at `threshold` bytes; False where there is no glibc (nothing changes)."""
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    """glibc's ``mallopt`` for each (param, value); False where there is no glibc (nothing changes)."""
     name = ctypes.util.find_library("c")
     if not name:
         return False
     try:
         libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
+        return all(bool(libc.mallopt(param, int(value))) for param, value in settings)
     except (OSError, AttributeError):
         return False
+
+
+def lean_malloc(threshold: int = LEAN_THRESHOLD) -> bool:
+    """Pin glibc's mmap threshold at `threshold` bytes and its trim threshold at glibc's default (undoing a
+    `steady_malloc` of this process); False where there is no glibc (nothing changes)."""
+    return _mallopt((M_MMAP_THRESHOLD, threshold), (M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD))
+
+
+def steady_malloc() -> bool:
+    """Serve blocks up to `STEADY_MMAP_THRESHOLD` from the heap and never trim it (see the module
+    docstring); False where there is no glibc. For training runs that do not release memory."""
+    return _mallopt((M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD), (M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD))
 
 
 _MALLOC_TRIM: list = []

@@ -19,7 +19,7 @@ from lorakit.families import decoder_layers
 from lorakit.plan.speed import SpeedPlan
 from lorakit.quant.int8mm import Int8MMLinear
 from lorakit.quant.model import output_head_names, replace_module
-from lorakit.runtime.memory import drop_file_pages, file_backed, file_mappings, own_weights
+from lorakit.runtime.memory import drop_file_pages, file_backed, file_mappings, own_weights, steady_malloc
 from lorakit.train.attention import use_attention
 from lorakit.train.fuse import FusedBase, fuse_projections, unfuse_projections
 from lorakit.train.lean import lean_layers, restore_layers
@@ -102,6 +102,8 @@ def apply_speed_plan(model: nn.Module, plan: SpeedPlan) -> Callable[[], None]:
         undo.append(lambda: _uncompile(layers))
     if plan.own_weights:
         own_weights(model)
+    if plan.device == "cpu" and not plan.release_memory:
+        steady_malloc()  # each step reuses the last one's pages (`lorakit.runtime.memory`)
 
     def undo_all() -> None:
         while undo:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lorakit.adapters.dropout import LoraDropout, keep_mask
+from lorakit.adapters.dropout import LoraDropout, dropped_down, keep_mask
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
@@ -50,3 +50,40 @@ def test_eval_mode_and_p_zero_are_the_identity_and_a_seed_repeats_the_mask():
     assert torch.equal(a, LoraDropout(0.3).train()(x))
     with pytest.raises(ValueError):
         LoraDropout(1.0)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3])
+def test_dropped_down_equals_dropout_then_the_factor_with_the_same_mask(p):
+    """One node for scaling * A(dropout(x)): the same values and gradients as the two modules."""
+    x0, a0 = torch.randn(3, 40, 24, dtype=torch.float64), torch.randn(8, 24, dtype=torch.float64)
+    drop = LoraDropout(p).train()
+    outs = []
+    for fused in (False, True):
+        x, a = x0.clone().requires_grad_(True), a0.clone().requires_grad_(True)
+        torch.manual_seed(4)  # the same draws: drop_mask is keep_mask's complement
+        y = dropped_down(drop, x, a, 1.5) if fused else torch.nn.functional.linear(drop(x), a) * 1.5
+        (y * torch.arange(y.numel(), dtype=y.dtype).view_as(y).cos()).sum().backward()
+        outs.append((y.detach(), x.grad, a.grad))
+    for ref, got in zip(*outs):
+        assert torch.allclose(ref, got, rtol=1e-12, atol=1e-12)
+
+
+def test_dropped_down_keeps_x_and_a_byte_mask_not_a_dropped_copy():
+    x = torch.randn(64, 96, requires_grad=True)
+    a = torch.randn(4, 96, requires_grad=True)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        dropped_down(LoraDropout(0.1).train(), x, a, 2.0)
+    big = [t for t in kept if t.numel() == x.numel()]
+    assert any(t is x for t in big)
+    assert all(t is x or t.dtype == torch.bool for t in big)
+
+
+def test_dropped_down_is_plain_in_eval_mode_and_without_grad():
+    x, a = torch.randn(5, 12), torch.randn(3, 12)
+    want = torch.nn.functional.linear(x, a) * 0.5
+    assert torch.allclose(dropped_down(LoraDropout(0.2).eval(), x, a, 0.5), want)
+    assert torch.allclose(dropped_down(torch.nn.Identity(), x, a, 0.5), want)
+    with torch.no_grad():  # training mode without autograd still drops
+        y = dropped_down(LoraDropout(0.5).train(), x, a, 0.5)
+    assert not torch.allclose(y, want)
