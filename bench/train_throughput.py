@@ -46,6 +46,7 @@ from lorakit.adapters import LoraConfig, add_adapter, save_adapter, set_trainabl
 from lorakit.data.schema import read_rows  # noqa: E402
 from lorakit.models import load_model  # noqa: E402
 from lorakit.runtime.machine import cpu_facts, gemm_peak_gflops  # noqa: E402
+from lorakit.runtime.int8_kernel import INT8_GAIN, int8_speedup  # noqa: E402
 from lorakit.runtime.memory import lean_malloc, release_free_heap  # noqa: E402
 from lorakit.data.schema import Sample  # noqa: E402
 from lorakit.train.batches import Batches, load_samples, padded_batch  # noqa: E402
@@ -273,13 +274,15 @@ def main() -> None:
     torch.set_num_threads(2)
     machine = cpu_facts()
     peak, peak_bf16 = gemm_peak_gflops(), gemm_peak_gflops(torch.bfloat16)
+    int8_gain = int8_speedup()  # what `--precision auto` weighs on a CPU without native bf16
     print(f"machine: {machine['cpu']}, flags {' '.join(machine['flags'])}; GEMM fp32 {peak:.0f} GFLOP/s, "
-          f"bf16 {peak_bf16:.0f} GFLOP/s", flush=True)
+          f"bf16 {peak_bf16:.0f} GFLOP/s; int8 path {int8_gain:.2f}x fp32 (auto takes int8 from {INT8_GAIN}x "
+          "without native bf16)", flush=True)
     results = [run_model(spec.strip(), args, peak, peak_bf16) for spec in args.model.split(",") if spec.strip()]
     peak_after = gemm_peak_gflops()  # again after the runs: background load can spoil one reading
     print(json.dumps({"case": args.case, "steps": args.steps, "dropout": args.dropout, "machine": machine,
                       "matmul_peak_gflops": {"fp32": round(max(peak, peak_after), 1), "fp32_after": round(peak_after, 1),
-                                             "bf16": round(peak_bf16, 1)},
+                                             "bf16": round(peak_bf16, 1), "int8_path_vs_fp32": round(int8_gain, 2)},
                       "models": results}, indent=1))
 
 

@@ -92,7 +92,6 @@ def resolve_speed(*, model_type: str | None, method: str, device: Any, precision
         (compile, "--compile replaces it"),
         (method == "full", "full fine-tuning trains the projections"),
         (method == "qlora", "the frozen projections are quantized"),
-        (resolved == "int8", "the frozen projections are int8"),
         (not family.fuse, family.reason("fuse")),
     ])
     lean = why_off("lean", lean_memory, [
@@ -110,7 +109,7 @@ def resolve_speed(*, model_type: str | None, method: str, device: Any, precision
         # autocast casts frozen weights to bf16 at every use anyway; DoRA's norms read the base weight
         # in fp32 math, head-only saves the whole model, full trains every weight, QLoRA's are quantized
         frozen_bf16=resolved == "bf16" and method in FROZEN_BASE_METHODS,
-        own_weights=fused and lean_memory,
+        own_weights=fused and lean_memory and resolved != "int8",  # int8 keeps int8 copies, not fp32 ones
         # fp32 logits need no casts, and the chunked loss's in-place steps beat the kernel there
         compiled_loss=compile and resolved == "bf16",
         grad_checkpoint=grad_checkpoint, release_memory=release_memory, notes=tuple(notes),

@@ -54,3 +54,48 @@ def int8_gemm_gflops(m: int = 1024, k: int = 576, n: int = 1536, seconds: float 
         gemm(x, packed)
         count += 1
     return 2 * m * k * n * count / (time.perf_counter() - start) / 1e9
+
+
+# The shapes the auto probe times: a small decoder's projections (hidden 576, MLP 1536) over 1024 tokens,
+# forward and input-gradient directions, through the caller's whole int8 path (`lorakit.quant.int8mm`)
+PROBE_SHAPES = ((1024, 576, 1536), (1024, 1536, 576), (1024, 576, 576))
+INT8_GAIN = 1.4  # int8 must beat fp32 by this much on the probe: the frozen GEMMs are about half of a
+# LoRA step (attention, norms, adapters and the loss do not speed up), so a smaller gain all but vanishes
+# in the step (bench/RESULTS.md, rounds 6 and 8)
+
+
+def int8_beats_fp32() -> bool:
+    """Is the int8 path `INT8_GAIN` times faster than fp32 GEMMs on this CPU (`int8_speedup`)?"""
+    return available() and int8_speedup() >= INT8_GAIN
+
+
+def int8_speedup(rounds: int = 3) -> float:
+    """fp32 time / int8 time over `PROBE_SHAPES`, the int8 path with its passes over the input (per-token
+    scales, the outlier-channel choice; this layer cannot import `lorakit.quant`); interleaved rounds, best of each, so a neighbour's burst on a shared machine hits both
+    alike. 0 without the kernel."""
+    if not available():
+        return 0.0
+    cases = []
+    for m, k, n in PROBE_SHAPES:
+        x, w = torch.randn(m, k), torch.randn(n, k) / k ** 0.5
+        cases.append((x, w, pack(w)))
+
+    def fp32() -> None:
+        for x, w, _ in cases:
+            x @ w.T
+
+    def int8() -> None:  # the passes of `lorakit.quant.int8mm.int8_matmul`: row scales, divide, GEMM, rescale
+        for x, _, packed in cases:
+            magnitude = x.abs()
+            magnitude.amax(dim=0)  # its outlier-channel choice
+            scale = magnitude.amax(dim=1, keepdim=True)
+            gemm(x.clone().div_(scale), packed).mul_(scale)
+
+    best = {fp32: float("inf"), int8: float("inf")}
+    for _ in range(rounds):
+        for fn in best:
+            fn()  # warm: first-touch pages and packing caches
+            start = time.perf_counter()
+            fn()
+            best[fn] = min(best[fn], time.perf_counter() - start)
+    return best[fp32] / best[int8]

@@ -23,7 +23,7 @@ import torch
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
 LEAN_THRESHOLD = 1 << 20
 DEFAULT_TRIM_THRESHOLD = 128 * 1024  # glibc's M_TRIM_THRESHOLD default (mallopt(3))
-STEADY_MMAP_THRESHOLD = 1 << 30  # blocks up to 1 GiB from the heap
+STEADY_MMAP_THRESHOLD = 1 << 30  # every block a training step allocates comes from the heap
 STEADY_TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int: the largest, i.e. never trim
 
 

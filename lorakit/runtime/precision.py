@@ -8,8 +8,8 @@ fp32, one with AVX2 only emulates them far slower (bench/RESULTS.md prints both 
 machine). So `auto` measures instead of guessing from flags, and an explicit `bf16` on a slow
 chip warns. ``int8`` (training a LoRA/DoRA adapter or the head on a CPU) runs the frozen projections'
 forward and input-gradient GEMMs in int8 (`lorakit.quant.int8mm`). `auto`, every command's default,
-does not pick int8: its held-out perplexity is not yet equal to fp32's, nor its step clearly faster
-(bench/RESULTS.md, round 6; issue 18).
+picks it for training on a CPU without native bf16 where a probe of the int8 path beats fp32 GEMMs
+(`int8_faster`); its loss tracks fp32's (bench/RESULTS.md, rounds 6 and 8; issue 18).
 """
 
 from __future__ import annotations
@@ -50,6 +50,16 @@ def native_bf16(device_type: str) -> bool:
     return False
 
 
+@functools.cache
+def int8_faster() -> bool:
+    """Do the int8 frozen GEMMs beat fp32 ones on this CPU (`int8_kernel.int8_beats_fp32`)? Measured once
+    per machine kind and cached, as `native_bf16`."""
+    from lorakit.runtime.cache import measured_once
+    from lorakit.runtime.int8_kernel import int8_beats_fp32
+
+    return measured_once("cpu_int8_faster", int8_beats_fp32)
+
+
 def check_precision(name: str, choices: tuple[str, ...] = PRECISIONS) -> str:
     """`name` if it is one of `choices`, else a one-line refusal."""
     if name not in choices:
@@ -59,9 +69,12 @@ def check_precision(name: str, choices: tuple[str, ...] = PRECISIONS) -> str:
 
 def resolve_precision(name: str, device: torch.device, *, int8: bool = False) -> str:
     """'fp32', 'bf16' or 'int8' for `name` in PRECISIONS on `device`. `auto` picks bf16 where it is
-    native, else fp32. `int8`: the caller can run int8 (explicit ``int8`` is refused otherwise)."""
+    native, else int8 where the caller can run it (`int8`) and it is faster here (`int8_faster`), else
+    fp32. `int8`: the caller can run int8 (explicit ``int8`` is refused otherwise)."""
     if check_precision(name) == "auto":
-        return "bf16" if native_bf16(device.type) else "fp32"
+        if native_bf16(device.type):
+            return "bf16"
+        return "int8" if int8 and device.type == "cpu" and int8_faster() else "fp32"
     if name == "int8":
         from lorakit.runtime.int8_kernel import available
 

@@ -18,17 +18,19 @@ from lorakit.adapters.layers import LoraLayer
 from lorakit.families import decoder_layers, family_for
 
 
-class FusedBase(nn.Module):
-    """Concatenated frozen weight (sum of outs, in) and bias; caches its last output for the group."""
+class SharedOutput(nn.Module):
+    """One projection of an input for a group of members; caches its last output for the group.
+    Subclasses say how the group's (..., sum of outs) output is computed (`project`)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, sizes: list[int]) -> None:
+    def __init__(self, sizes: list[int]) -> None:
         super().__init__()
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.sizes = list(sizes)
         self._key: tuple | None = None
         self._parts: tuple[torch.Tensor, ...] | None = None
         self._reads = 0
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def output(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """x (..., in) -> member `index`'s (..., out_i); the GEMM runs once per input tensor.
@@ -39,13 +41,24 @@ class FusedBase(nn.Module):
         """
         key = (id(x), x._version, torch.is_grad_enabled())
         if self._key != key or self._parts is None:
-            out = F.linear(x, self.weight, self.bias)
-            self._key, self._parts, self._reads = key, out.split(self.sizes, dim=-1), 0
+            self._key, self._parts, self._reads = key, self.project(x).split(self.sizes, dim=-1), 0
         part = self._parts[index]
         self._reads += 1
         if self._reads >= len(self.sizes):  # every member has its part: let the buffer go
             self._key, self._parts = None, None
         return part
+
+
+class FusedBase(SharedOutput):
+    """Concatenated frozen weight (sum of outs, in) and bias."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, sizes: list[int]) -> None:
+        super().__init__(sizes)
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
 
 
 class FusedSlice(nn.Module):
@@ -69,11 +82,11 @@ class FusedSlice(nn.Module):
         return self.fused.output(x, self.index)
 
 
-def _base_of(module: nn.Module) -> nn.Module:
+def base_of(module: nn.Module) -> nn.Module:
     return module.base_layer if isinstance(module, LoraLayer) else module
 
 
-def _set_base(parent: nn.Module, name: str, new_base: nn.Module) -> None:
+def set_base(parent: nn.Module, name: str, new_base: nn.Module) -> None:
     module = getattr(parent, name)
     if isinstance(module, LoraLayer):
         module.base_layer = new_base
@@ -88,7 +101,7 @@ def fuse_projections(model: nn.Module) -> int:
     for layer in decoder_layers(model) if family.fuse else []:
         for parent_name, names in family.fuse:
             parent = getattr(layer, parent_name, None)
-            bases = [_base_of(getattr(parent, n, None)) for n in names] if parent is not None else []
+            bases = [base_of(getattr(parent, n, None)) for n in names] if parent is not None else []
             if len(bases) != len(names) or not all(type(b) is nn.Linear for b in bases):
                 continue
             if any(p.requires_grad for b in bases for p in b.parameters()):
@@ -101,7 +114,7 @@ def fuse_projections(model: nn.Module) -> int:
             parent.add_module("fused_" + "_".join(n.split("_")[0] for n in names), shared)
             start = 0
             for index, (name, base) in enumerate(zip(names, bases)):
-                _set_base(parent, name, FusedSlice(shared, index, start, start + base.out_features))
+                set_base(parent, name, FusedSlice(shared, index, start, start + base.out_features))
                 start += base.out_features
             fused += 1
     return fused
@@ -111,7 +124,7 @@ def unfuse_projections(model: nn.Module) -> None:
     """Give every fused projection back its own `nn.Linear` (contiguous weights, savable)."""
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
-            base = _base_of(child)
+            base = base_of(child)
             if isinstance(base, FusedSlice):
                 linear = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
                                    device=base.weight.device, dtype=base.weight.dtype)
@@ -120,7 +133,7 @@ def unfuse_projections(model: nn.Module) -> None:
                     if base.bias is not None:
                         linear.bias.copy_(base.bias)
                 linear.requires_grad_(False)
-                _set_base(parent, child_name, linear)
+                set_base(parent, child_name, linear)
         for child_name, child in list(parent.named_children()):
             if isinstance(child, FusedBase):
                 delattr(parent, child_name)

@@ -17,11 +17,10 @@ from torch import nn
 from lorakit.errors import LorakitError
 from lorakit.families import decoder_layers
 from lorakit.plan.speed import SpeedPlan
-from lorakit.quant.int8mm import Int8MMLinear
-from lorakit.quant.model import output_head_names, replace_module
 from lorakit.runtime.memory import drop_file_pages, file_backed, file_mappings, own_weights, steady_malloc
 from lorakit.train.attention import use_attention
 from lorakit.train.fuse import FusedBase, fuse_projections, unfuse_projections
+from lorakit.train.int8_groups import int8_projections
 from lorakit.train.lean import lean_layers, restore_layers
 
 
@@ -47,29 +46,6 @@ def store_frozen(model: nn.Module, dtype: torch.dtype) -> int:
     return stored
 
 
-def int8_projections(model: nn.Module) -> Callable[[], None]:
-    """Swap every frozen `nn.Linear` but the head (inside LoRA wrappers too) for an `Int8MMLinear`;
-    returns the undo, which puts the original modules back (saving and merging read them).
-
-    The fp32 weights' file pages are dropped: the int8 copies are what runs, and an undo that reads
-    them again faults them back in from the file.
-    """
-    head = output_head_names(model)
-    ranges = file_mappings()
-    swapped = [(name, module) for name, module in model.named_modules()
-               if type(module) is nn.Linear and not module.weight.requires_grad and name not in head]
-    for name, module in swapped:
-        replace_module(model, name, Int8MMLinear.from_weight(module.weight, module.bias))
-        if file_backed(module.weight, ranges):
-            drop_file_pages(module.weight)
-
-    def undo() -> None:
-        for name, module in swapped:
-            replace_module(model, name, module)
-
-    return undo
-
-
 def _uncompile(layers: list[nn.Module]) -> None:
     for layer in layers:
         layer._compiled_call_impl = None  # what `nn.Module.compile` set
@@ -89,13 +65,13 @@ def apply_speed_plan(model: nn.Module, plan: SpeedPlan) -> Callable[[], None]:
     if plan.lean:
         lean_layers(model)
         undo.append(lambda: restore_layers(model))
-    if plan.fuse:
+    if plan.fuse and plan.precision != "int8":  # int8 groups its own (`lorakit.train.int8_groups`)
         fuse_projections(model)
         undo.append(lambda: unfuse_projections(model))
     if plan.frozen_bf16:
         store_frozen(model, torch.bfloat16)
     if plan.precision == "int8":
-        undo.append(int8_projections(model))
+        undo.append(int8_projections(model, group=plan.fuse))
     for layer in layers:
         layer.compile()
     if layers:

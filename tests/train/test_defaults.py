@@ -80,7 +80,7 @@ def test_train_with_no_speed_flags_runs_the_defaults_and_says_what_they_chose(ti
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     chosen = {c["setting"]: c["value"] for c in summary["defaults"]}
-    expected_precision = resolve_precision("auto", torch.device("cpu"))
+    expected_precision = resolve_precision("auto", torch.device("cpu"), int8=True)  # LoRA can run int8
     assert chosen == {"precision": expected_precision, "packing": True, "mask_prompt": True}
     assert "default packing: True" in printed and "--no-packing to turn off" in printed
     assert "--no-mask-prompt" in printed

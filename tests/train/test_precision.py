@@ -205,3 +205,32 @@ def test_every_method_trains_in_bf16_and_saves_fp32_weights(tiny_model_dir, data
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     saved = load_file(out / ("model.safetensors" if method in ("full", "head") else "adapter_model.safetensors"))
     assert saved and all(t.dtype == torch.float32 for t in saved.values())
+
+
+@pytest.mark.parametrize("faster", [False, True])
+def test_auto_takes_int8_for_training_only_where_this_machine_measured_it_faster(tmp_path, monkeypatch, faster):
+    """Without native bf16, `auto` follows the machine's cached int8 answer for callers that can run int8,
+    and never gives int8 to those that cannot (inference, full fine-tuning)."""
+    import json
+
+    from lorakit.runtime import precision
+    from lorakit.runtime.cache import machine_key
+
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path))
+    (tmp_path / "machine.json").write_text(json.dumps({machine_key(): {"cpu_bf16_native": False,
+                                                                        "cpu_int8_faster": faster}}))
+    precision.native_bf16.cache_clear()
+    precision.int8_faster.cache_clear()
+    try:
+        assert resolve_precision("auto", CPU, int8=True) == ("int8" if faster else "fp32")
+        assert resolve_precision("auto", CPU) == "fp32"
+    finally:
+        precision.native_bf16.cache_clear()
+        precision.int8_faster.cache_clear()
+
+
+def test_the_int8_probe_measures_a_ratio():
+    from lorakit.runtime.int8_kernel import available, int8_speedup
+
+    ratio = int8_speedup(rounds=1)
+    assert (ratio > 0) is available()

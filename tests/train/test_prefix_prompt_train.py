@@ -62,15 +62,17 @@ def learnable_model_dir(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["prefix", "prefix-projection", "prompt"])
 def test_the_loss_on_one_repeated_batch_falls(learnable_model_dir, tmp_path, kind):
     """Four samples, --batch-size 4: every step sees one batch, so a working gradient through the virtual
-    tokens drives its loss down, step after step. Margins: every step's loss is below the one three steps
-    before it, and the last steps' mean is under 0.92 of the first step's (measured with 8 tokens: 0.78
+    tokens drives its loss down, block after block. Margins: each 5-step block's mean loss is below the
+    previous block's (single steps can rise at these methods' high learning rates: prefix projection's
+    did, once in a 3-step window, on an AVX2 CPU), and the last steps' mean is under 0.92 of the first step's (measured with 8 tokens: 0.78
     to 0.86 after 30 steps; a few vectors in front of the input move the loss less than LoRA does)."""
     data = write_dataset(tmp_path / "data", n_train=4, n_valid=2)
     out = tmp_path / "run"
     run_training(_cfg(learnable_model_dir, data, out, kind, max_steps=30, virtual_tokens=8))
     losses = _losses(out)
     assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
-    assert all(later < earlier for earlier, later in zip(losses, losses[3:])), losses
+    blocks = [sum(losses[i:i + 5]) / 5 for i in range(0, 30, 5)]
+    assert all(later < earlier for earlier, later in zip(blocks, blocks[1:])), losses
     assert sum(losses[-3:]) / 3 < 0.92 * losses[0], losses
 
 

@@ -237,7 +237,7 @@ def test_cli_flags_override_yaml_which_overrides_defaults(tiny_model_dir, datase
     assert resolved["alpha"] == 8.0 and resolved["schedule"] == "cosine"
     # the resolved speed plan is saved beside the settings, and the run summary says the same
     assert resolved["speed_plan"]["fuse"] is True
-    assert resolved["speed_plan"]["precision"] == resolve_precision("auto", torch.device("cpu"))  # the default
+    assert resolved["speed_plan"]["precision"] == resolve_precision("auto", torch.device("cpu"), int8=True)  # the default
     assert json.loads((out / "summary.json").read_text())["speed_plan"] == resolved["speed_plan"]
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
 
