@@ -7,16 +7,8 @@ training for large-scale vision-language models", sec. 2): W is quantized once p
 channel (and W^T once per input channel; 7 bits, see `int8_kernel.WEIGHT_LEVELS`), the incoming
 activation or gradient per row (token) on the fly. Adapters, norms, attention, the loss and the optimizer stay fp32.
 
-Two details hold the quality (bench/RESULTS.md, round 6, has the losses):
-- per-token scales: the kernel quantizes its input with one scale per tensor, so each row is
-  divided by its absmax first and the output rows multiplied back; one outlier token then costs
-  only its own row its resolution.
-- outlier channels in fp32: a few input channels of a transformer's activations are far larger
-  than the rest (Dettmers et al. 2022, LLM.int8(), sec. 3.2), and int8 rows scaled by them lose
-  the others. The ``1 / OUTLIER_SHARE`` channels with the largest absmax in each call are zeroed
-  in the int8 input and computed as a small fp32 GEMM against those columns of W.
-
-The GEMM itself is `lorakit.runtime.int8_kernel` (which kernel, and why, is said there).
+The GEMM, with the per-token scales and fp32 outlier channels that hold its quality, is
+`lorakit.runtime.int8_kernel.int8_matmul` (which kernel, and why, is said there).
 """
 
 from __future__ import annotations
@@ -24,24 +16,7 @@ from __future__ import annotations
 import torch
 
 from lorakit.quant.linear import Int8Linear
-from lorakit.runtime.int8_kernel import gemm, pack
-
-OUTLIER_SHARE = 64  # 1 in 64 input channels (at least one) computed in fp32; see the module docstring
-
-
-
-
-def int8_matmul(x: torch.Tensor, packed, columns) -> torch.Tensor:
-    """x (M, in) -> x W^T (M, out): int8 GEMM over all but the outlier channels of x, fp32 for those.
-
-    `packed` is W packed by `int8_kernel.pack`; `columns(idx)` returns W[:, idx] (out, len(idx)) in fp32.
-    """
-    magnitude = x.abs()  # one pass serves both: the outlier channels' absmax, then the rows' without them
-    idx = magnitude.amax(dim=0).topk(max(1, x.shape[1] // OUTLIER_SHARE)).indices
-    scale = magnitude.index_fill_(1, idx, 0.0).amax(dim=1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
-    rest = x.clone(memory_format=torch.contiguous_format).index_fill_(1, idx, 0.0)
-    y = gemm(rest.div_(scale), packed).mul_(scale)
-    return y.addmm_(x[:, idx], columns(idx).T)
+from lorakit.runtime.int8_kernel import int8_matmul, pack
 
 
 class Int8MMLinear(Int8Linear):

@@ -3,8 +3,14 @@
 The kernel is PyTorch's dynamically quantized linear (``torch.ops.quantized.linear_dynamic``: fbgemm
 or oneDNN through the ``x86`` quantized engine, u8 x s8 with int32 accumulation). On AVX2 CPUs it is
 the one int8 GEMM in PyTorch that beats the fp32 GEMM: ``torch._int_mm`` is far slower there on CPU,
-and torchao's int8 path calls it. It quantizes its input with one scale per tensor; callers that
-want per-row scales divide rows into [-1, 1] first (`lorakit.quant.int8mm`).
+and torchao's int8 path calls it. It quantizes its input with one scale per tensor; `int8_matmul`
+wraps it with two details that hold the quality (bench/RESULTS.md, round 6, has the losses):
+- per-token scales: each row is divided by its absmax first and the output rows multiplied back;
+  one outlier token then costs only its own row its resolution.
+- outlier channels in fp32: a few input channels of a transformer's activations are far larger
+  than the rest (Dettmers et al. 2022, LLM.int8(), sec. 3.2), and int8 rows scaled by them lose
+  the others. The ``1 / OUTLIER_SHARE`` channels with the largest absmax in each call are zeroed
+  in the int8 input and computed as a small fp32 GEMM against those columns of W.
 """
 
 from __future__ import annotations
@@ -37,6 +43,22 @@ def gemm(x: torch.Tensor, packed) -> torch.Tensor:
     return torch.ops.quantized.linear_dynamic(x, packed, False)  # False: 8-bit activations (see WEIGHT_LEVELS)
 
 
+OUTLIER_SHARE = 64  # 1 in 64 input channels (at least one) computed in fp32; see the module docstring
+
+
+def int8_matmul(x: torch.Tensor, packed, columns) -> torch.Tensor:
+    """x (M, in) -> x W^T (M, out): int8 GEMM over all but the outlier channels of x, fp32 for those.
+
+    `packed` is W packed by `pack`; `columns(idx)` returns W[:, idx] (out, len(idx)) in fp32.
+    """
+    magnitude = x.abs()  # one pass serves both: the outlier channels' absmax, then the rows' without them
+    idx = magnitude.amax(dim=0).topk(max(1, x.shape[1] // OUTLIER_SHARE)).indices
+    scale = magnitude.index_fill_(1, idx, 0.0).amax(dim=1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
+    rest = x.clone(memory_format=torch.contiguous_format).index_fill_(1, idx, 0.0)
+    y = gemm(rest.div_(scale), packed).mul_(scale)
+    return y.addmm_(x[:, idx], columns(idx).T)
+
+
 def available() -> bool:
     """Does this PyTorch build have the kernel (CPU quantized engines)?"""
     return "x86" in torch.backends.quantized.supported_engines or "fbgemm" in torch.backends.quantized.supported_engines
@@ -57,7 +79,7 @@ def int8_gemm_gflops(m: int = 1024, k: int = 576, n: int = 1536, seconds: float 
 
 
 # The shapes the auto probe times: a small decoder's projections (hidden 576, MLP 1536) over 1024 tokens,
-# forward and input-gradient directions, through the caller's whole int8 path (`lorakit.quant.int8mm`)
+# forward and input-gradient directions
 PROBE_SHAPES = ((1024, 576, 1536), (1024, 1536, 576), (1024, 576, 576))
 INT8_GAIN = 1.4  # int8 must beat fp32 by this much on the probe: the frozen GEMMs are about half of a
 # LoRA step (attention, norms, adapters and the loss do not speed up), so a smaller gain all but vanishes
@@ -70,9 +92,9 @@ def int8_beats_fp32() -> bool:
 
 
 def int8_speedup(rounds: int = 3) -> float:
-    """fp32 time / int8 time over `PROBE_SHAPES`, the int8 path with its passes over the input (per-token
-    scales, the outlier-channel choice; this layer cannot import `lorakit.quant`); interleaved rounds, best of each, so a neighbour's burst on a shared machine hits both
-    alike. 0 without the kernel."""
+    """fp32 time / `int8_matmul` time over `PROBE_SHAPES` (the int8 path whole: per-token scales,
+    outlier channels); interleaved rounds, best of each, so a neighbour's burst on a shared machine
+    hits both alike. 0 without the kernel."""
     if not available():
         return 0.0
     cases = []
@@ -84,12 +106,9 @@ def int8_speedup(rounds: int = 3) -> float:
         for x, w, _ in cases:
             x @ w.T
 
-    def int8() -> None:  # the passes of `lorakit.quant.int8mm.int8_matmul`: row scales, divide, GEMM, rescale
-        for x, _, packed in cases:
-            magnitude = x.abs()
-            magnitude.amax(dim=0)  # its outlier-channel choice
-            scale = magnitude.amax(dim=1, keepdim=True)
-            gemm(x.clone().div_(scale), packed).mul_(scale)
+    def int8() -> None:
+        for x, w, packed in cases:
+            int8_matmul(x, packed, lambda idx, w=w: w[:, idx])
 
     best = {fp32: float("inf"), int8: float("inf")}
     for _ in range(rounds):

@@ -94,10 +94,11 @@ def set_base(parent: nn.Module, name: str, new_base: nn.Module) -> None:
         setattr(parent, name, new_base)
 
 
-def fuse_projections(model: nn.Module) -> int:
-    """Fuse every frozen group the family registry lists (q/k/v, gate/up); returns groups fused."""
+def fusable_groups(model: nn.Module) -> list[tuple[nn.Module, list[str], list[nn.Linear]]]:
+    """(parent, member names, their frozen bases) of each group the family registry lists (q/k/v,
+    gate/up) whose members are all plain frozen `nn.Linear`s of one input size, dtype and bias kind."""
     family = family_for(model)
-    fused = 0
+    found = []
     for layer in decoder_layers(model) if family.fuse else []:
         for parent_name, names in family.fuse:
             parent = getattr(layer, parent_name, None)
@@ -106,18 +107,29 @@ def fuse_projections(model: nn.Module) -> int:
                 continue
             if any(p.requires_grad for b in bases for p in b.parameters()):
                 continue  # trained weights (full fine-tuning) stay separate
-            if len({(b.in_features, b.weight.dtype, b.bias is None) for b in bases}) != 1:
-                continue
-            weight = torch.cat([b.weight.detach() for b in bases])
-            bias = torch.cat([b.bias.detach() for b in bases]) if bases[0].bias is not None else None
-            shared = FusedBase(weight, bias, [b.out_features for b in bases])
-            parent.add_module("fused_" + "_".join(n.split("_")[0] for n in names), shared)
-            start = 0
-            for index, (name, base) in enumerate(zip(names, bases)):
-                set_base(parent, name, FusedSlice(shared, index, start, start + base.out_features))
-                start += base.out_features
-            fused += 1
-    return fused
+            if len({(b.in_features, b.weight.dtype, b.bias is None) for b in bases}) == 1:
+                found.append((parent, list(names), bases))
+    return found
+
+
+def group_key(names: list[str]) -> str:
+    """The part of a group's module name that says which members it holds ("q_k_v", "gate_up")."""
+    return "_".join(n.split("_")[0] for n in names)
+
+
+def fuse_projections(model: nn.Module) -> int:
+    """Fuse every group `fusable_groups` finds; returns groups fused."""
+    groups = fusable_groups(model)
+    for parent, names, bases in groups:
+        weight = torch.cat([b.weight.detach() for b in bases])
+        bias = torch.cat([b.bias.detach() for b in bases]) if bases[0].bias is not None else None
+        shared = FusedBase(weight, bias, [b.out_features for b in bases])
+        parent.add_module("fused_" + group_key(names), shared)
+        start = 0
+        for index, (name, base) in enumerate(zip(names, bases)):
+            set_base(parent, name, FusedSlice(shared, index, start, start + base.out_features))
+            start += base.out_features
+    return len(groups)
 
 
 def unfuse_projections(model: nn.Module) -> None:

@@ -16,11 +16,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lorakit.families import decoder_layers, family_for
 from lorakit.quant.int8mm import Int8MMLinear
 from lorakit.quant.model import output_head_names, replace_module
 from lorakit.runtime.memory import drop_file_pages, file_backed, file_mappings
-from lorakit.train.fuse import SharedOutput, base_of, set_base
+from lorakit.train.fuse import SharedOutput, fusable_groups, group_key, set_base
 
 
 class Int8Group(SharedOutput):
@@ -59,23 +58,6 @@ class Int8Slice(nn.Module):
         return self.group.output(x, self.index)
 
 
-def _groups(model: nn.Module) -> list[tuple[nn.Module, list[str]]]:
-    """(parent, member names) of each registry group whose members are all plain frozen linears."""
-    family = family_for(model)
-    found = []
-    for layer in decoder_layers(model) if family.fuse else []:
-        for parent_name, names in family.fuse:
-            parent = getattr(layer, parent_name, None)
-            bases = [base_of(getattr(parent, n, None)) for n in names] if parent is not None else []
-            if len(bases) != len(names) or not all(type(b) is nn.Linear for b in bases):
-                continue
-            if any(p.requires_grad for b in bases for p in b.parameters()):
-                continue
-            if len({(b.in_features, b.weight.dtype, b.bias is None) for b in bases}) == 1:
-                found.append((parent, list(names)))
-    return found
-
-
 def int8_projections(model: nn.Module, group: bool = True) -> Callable[[], None]:
     """Swap every frozen `nn.Linear` but the head (inside LoRA wrappers too) for int8 GEMMs: the
     registry's groups as `Int8Group`s when `group`, the rest one `Int8MMLinear` each. Returns the
@@ -88,11 +70,9 @@ def int8_projections(model: nn.Module, group: bool = True) -> Callable[[], None]
     ranges = file_mappings()
     restore: list[Callable[[], None]] = []
     originals: list[nn.Linear] = []
-    for parent, names in _groups(model) if group else []:
-        members = [getattr(parent, n) for n in names]
-        bases = [base_of(m) for m in members]
+    for parent, names, bases in fusable_groups(model) if group else []:
         shared = Int8Group(bases)
-        key = "int8_" + "_".join(n.split("_")[0] for n in names)
+        key = "int8_" + group_key(names)
         parent.add_module(key, shared)
         start = 0
         for index, (name, base) in enumerate(zip(names, bases)):

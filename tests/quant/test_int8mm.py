@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lorakit.adapters import LoraConfig, add_adapter
-from lorakit.quant.int8mm import OUTLIER_SHARE, Int8MMLinear, int8_matmul
+from lorakit.quant.int8mm import Int8MMLinear
+from lorakit.runtime.int8_kernel import OUTLIER_SHARE, int8_matmul
 from lorakit.quant.linear import Int8Linear
 from lorakit.runtime import int8_kernel
 from lorakit.runtime.int8_kernel import WEIGHT_LEVELS
