@@ -65,10 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_eval)
 
     c = one_line_errors(sub.add_parser(
-        "compare", help="full vs head vs LoRA r=4/8/16 vs DoRA r=8 on the same data and tokens (or as "
-                        "classifiers: --task classify)",
+        "compare", help="full vs head vs LoRA r=4/8/16 vs DoRA r=8 vs prefix and prompt tuning on the same data "
+                        "and tokens (or as classifiers: --task classify)",
         description="Train each method for the same steps (fitted to --budget-minutes, or --steps) "
-                    "and tabulate trainable params, held-out perplexity, wall time, peak memory, size. With --task "
+                    "and tabulate trainable params, held-out perplexity, drift on everyday prompts, wall time, "
+                    "peak memory, size. With --task "
                     "classify: every method trains a classifier for the same --epochs (default 1) and is scored "
                     "on test.jsonl: accuracy, macro-F1 and a confusion matrix per method."))
     c.add_argument("--task", default="lm", choices=("lm", "classify"),
@@ -89,12 +90,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--task classify: one learning rate for every method (default: each method's own, as "
                         "`lorakit train --task classify` picks it)")
     c.add_argument("--methods", default=None, metavar="A,B,...",
-                   help="subset of: full, head, lora-r4, lora-r8, lora-r16, dora-r8 (default: all)")
+                   help="subset of: full, head, lora-r4, lora-r8, lora-r16, dora-r8, prefix-n20, prompt-n20 "
+                        "(default: all; --task classify: all but prefix and prompt)")
     c.add_argument("--batch-size", type=positive_int, default=None, help="default 4; --task classify: 16, as train")
     c.add_argument("--max-seq-len", type=positive_int, default=None,
                    help="default 256; --task classify: 512, as train (longer examples are truncated)")
     c.add_argument("--max-eval-tokens", type=positive_int, default=None,
                    help="--task lm: scored test tokens per book (default 1000)")
+    c.add_argument("--drift-tokens", type=positive_int, default=None,
+                   help="--task lm: tokens of each base answer to the everyday prompts scored for drift (default 48)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: physical cores)")
     c.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -182,9 +186,10 @@ def summary_lines(result: dict) -> str:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Handler of `lorakit compare`."""
-    from lorakit.eval.compare import METHODS, run_compare
+    from lorakit.eval.compare import CLASSIFY_METHODS, METHODS, run_compare
+    from lorakit.train.virtual_settings import VIRTUAL_METHODS
 
-    methods = METHODS
+    methods = CLASSIFY_METHODS if args.task == "classify" else METHODS
     if args.methods:
         known = {m.name: m for m in METHODS}
         names = [n.strip() for n in args.methods.split(",") if n.strip()]
@@ -192,6 +197,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if unknown or not names:
             raise LorakitError(f"--methods {args.methods!r}: choose from {', '.join(known)}")
         methods = tuple(known[n] for n in names)
+    virtual = [m.name for m in methods if m.method in VIRTUAL_METHODS]
+    if args.task == "classify" and virtual:
+        raise LorakitError(f"--methods {','.join(virtual)} with --task classify: prefix and prompt tuning are not "
+                           "supported for classification yet; drop them")
     _check_out(args.out, args.data, args.model)
     if args.task == "classify":
         return cmd_compare_classify(args, methods)
@@ -203,14 +212,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = run_compare(args.model, args.data, args.out, budget_minutes=budget, steps=args.steps,
                          batch_size=args.batch_size or 4, max_seq_len=args.max_seq_len or 256,
                          max_eval_tokens=args.max_eval_tokens or 1000, seed=args.seed, threads=args.threads,
-                         methods=methods, precision=args.precision)
+                         methods=methods, precision=args.precision, drift_tokens=args.drift_tokens or 48)
     base = result["base"]["perplexity"]["overall"]["ppl"]
-    print(f"{'method':>10}  {'trainable':>12}  {'%':>7}  {'ppl':>7}  {'wall s':>7}  {'peak MB':>8}  {'size MB':>8}")
+    print(f"{'method':>10}  {'trainable':>12}  {'%':>7}  {'ppl':>7}  {'drift':>7}  {'wall s':>7}  {'peak MB':>8}  "
+          f"{'size MB':>8}")
     print(f"{'base':>10}  {0:>12,}  {0:>7.3f}  {base:>7.2f}")
     for r in result["runs"]:
         print(f"{r['name']:>10}  {r['trainable']:>12,}  {r['trainable_pct']:>7.3f}  "
-              f"{r['perplexity']['overall']['ppl']:>7.2f}  {r['train_seconds']:>7.0f}  {r['peak_rss_mb']:>8.0f}  "
-              f"{r['saved_bytes'] / 2**20:>8.1f}")
+              f"{r['perplexity']['overall']['ppl']:>7.2f}  {r['drift_pct']:>+6.1f}%  {r['train_seconds']:>7.0f}  "
+              f"{r['peak_rss_mb']:>8.0f}  {r['saved_bytes'] / 2**20:>8.1f}")
     print(f"report: {Path(args.out) / 'compare.html'}")
     return 0
 
@@ -219,8 +229,9 @@ def cmd_compare_classify(args: argparse.Namespace, methods: tuple) -> int:
     """`lorakit compare --task classify`: the table, one line per method, and the report's path."""
     from lorakit.eval.compare_classify import format_table, run_compare_classify
 
-    if args.max_eval_tokens is not None:
-        raise LorakitError("--max-eval-tokens applies to --task lm; --task classify scores every test example")
+    for flag, value in (("--max-eval-tokens", args.max_eval_tokens), ("--drift-tokens", args.drift_tokens)):
+        if value is not None:
+            raise LorakitError(f"{flag} applies to --task lm; --task classify scores every test example")
     result = run_compare_classify(args.model, args.data, args.out, epochs=args.epochs, steps=args.steps,
                                   budget_minutes=args.budget_minutes, methods=methods, lr=args.lr,
                                   batch_size=args.batch_size, max_seq_len=args.max_seq_len, seed=args.seed,

@@ -20,7 +20,7 @@ from pathlib import Path
 from lorakit.errors import LorakitError
 from lorakit.eval import report
 from lorakit.eval.classify import run_classify_eval
-from lorakit.eval.compare import METHODS, STARTUP_SECONDS, Method, run_worker, seconds_per_step
+from lorakit.eval.compare import CLASSIFY_METHODS, STARTUP_SECONDS, Method, run_worker, seconds_per_step
 from lorakit.eval.report_classify import classify_page
 from lorakit.models import DEFAULT_MODEL
 from lorakit.train.classify_batches import read_report
@@ -119,7 +119,7 @@ def _fit_budget(methods, settings_of, work: Path, budget_minutes: float, started
 
 def run_compare_classify(model_spec: str | None, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                          epochs: float | None = None, steps: int | None = None, budget_minutes: float | None = None,
-                         methods: tuple[Method, ...] = METHODS, lr: float | None = None,
+                         methods: tuple[Method, ...] = CLASSIFY_METHODS, lr: float | None = None,
                          batch_size: int | None = None, max_seq_len: int | None = None, seed: int = 0,
                          threads: int | None = None, precision: str = "auto") -> dict:
     """Train every method as a classifier for the same epochs (or steps), score each on test.jsonl;

@@ -1,5 +1,5 @@
 """One `lorakit compare` run in a fresh process: train, measure peak memory, score held-out perplexity
-(--task classify: accuracy and the confusion matrix on test.jsonl).
+and drift (--task classify: accuracy and the confusion matrix on test.jsonl).
 
 A process of its own per method makes peak RSS that method's alone (the allocator never
 gives everything back, so sequential runs in one process would inherit each other's peak).
@@ -25,23 +25,32 @@ def saved_bytes(out: Path, method: str) -> int:
     return (out / "adapter_model.safetensors").stat().st_size
 
 
-def heldout_perplexity(spec: dict, out: Path) -> dict:
-    """Perplexity of the trained model on the same test subset the parent scores the base on."""
-    from lorakit.adapters import load_adapter
+def heldout_lm_scores(spec: dict, out: Path) -> dict:
+    """Perplexity of the trained model on the same test subset the parent scores the base on, and its
+    mean NLL on the base's answers to the everyday prompts (drift; the parent takes the change)."""
+    from contextlib import nullcontext
+
+    from lorakit.data.schema import Sample
     from lorakit.eval.dataset import by_book, test_rows
-    from lorakit.eval.perplexity import perplexity_by_book
+    from lorakit.eval.drift import mean_nll
+    from lorakit.eval.perplexity import perplexity_by_book, target_context
+    from lorakit.infer.virtual_rows import load_any_adapter
     from lorakit.models import load_model
 
-    method = spec["train"]["method"]
-    if method in ("full", "head"):
+    if spec["train"]["method"] in ("full", "head"):
         model, tok = load_model(out)
-    else:
+        running = nullcontext(model)
+    else:  # LoRA/DoRA layers, or prefix/prompt tokens in front of every sample
         model, tok = load_model(spec["train"]["model"])
-        load_adapter(model, out)
+        load_any_adapter(model, out, "trained")
+        running = target_context(model, "trained")
     rows = test_rows(spec["train"]["data"], getattr(model.config, "max_position_embeddings", None) or 2048)
     books = by_book(rows, spec["max_eval_tokens"], spec["seed"])
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    return perplexity_by_book(model, {b: [r.sample for r in rs] for b, rs in books.items()}, pad_id)
+    answers = [Sample(ids, prompt_len) for ids, prompt_len in spec["drift_answers"]]
+    with running:
+        return {"perplexity": perplexity_by_book(model, {b: [r.sample for r in rs] for b, rs in books.items()}, pad_id),
+                "drift_nll": mean_nll(model, answers, pad_id)}
 
 
 def run(spec: dict) -> dict:
@@ -61,7 +70,7 @@ def run(spec: dict) -> dict:
 
         scored = {"scores": heldout_scores(spec, out)}
     else:
-        scored = {"perplexity": heldout_perplexity(spec, out)}
+        scored = heldout_lm_scores(spec, out)
     return {"steps": summary["steps"], "tokens": summary["tokens"], "train_seconds": train_seconds,
             "peak_rss_mb": peak, "saved_bytes": saved_bytes(out, cfg.method), **scored,
             "eval_seconds": time.perf_counter() - t}

@@ -42,6 +42,12 @@ def base_answers(model: nn.Module, tokenizer, prompts: tuple[str, ...] = EVERYDA
     return samples
 
 
+def mean_nll(model: nn.Module, samples: list[Sample], pad_id: int) -> float:
+    """Mean NLL per answer token of `model` (as it runs now) over `samples`."""
+    total, count = summed_nll(model, samples, pad_id)
+    return total / max(count, 1)
+
+
 def drift(model: nn.Module, tokenizer, targets: list[str], pad_id: int, max_new_tokens: int = 48,
           prompts: tuple[str, ...] = EVERYDAY_PROMPTS) -> dict:
     """NLL of the base's answers under each target, and each adapter's change vs the base in %."""
@@ -49,8 +55,7 @@ def drift(model: nn.Module, tokenizer, targets: list[str], pad_id: int, max_new_
     nll = {}
     for target in [BASE, *[t for t in targets if t != BASE]]:
         with target_context(model, target):
-            total, count = summed_nll(model, samples, pad_id)
-        nll[target] = total / max(count, 1)
+            nll[target] = mean_nll(model, samples, pad_id)
     change = {t: 100.0 * (v - nll[BASE]) / nll[BASE] if nll[BASE] else 0.0 for t, v in nll.items() if t != BASE}
     return {"prompts": list(prompts), "answer_tokens": sum(len(s.ids) - s.prompt_len for s in samples),
             "nll": nll, "change_pct": change}

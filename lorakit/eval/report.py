@@ -137,12 +137,13 @@ def _samples_section(samples: list[dict]) -> list[str]:
 def compare_section(result: dict, runs_dir: Path | None = None) -> list[str]:
     """HTML parts: the comparison table, bar charts and (if the run folders exist) loss curves."""
     base = result["base"]["perplexity"]["overall"]["ppl"]
-    headers = ["method", "trainable params", "trainable %", "held-out ppl", "ppl vs base", "train wall s",
+    headers = ["method", "trainable params", "trainable %", "held-out ppl", "ppl vs base", "drift", "train wall s",
                "peak RSS MB", "saved MB", "tokens"]
-    rows = [["base (no training)", 0, 0.0, base, "", "", "", "", ""]]
+    rows = [["base (no training)", 0, 0.0, base, "", "", "", "", "", ""]]
     for r in result["runs"]:
         ppl = r["perplexity"]["overall"]["ppl"]
-        rows.append([r["name"], r["trainable"], r["trainable_pct"], ppl, f"{100 * (ppl - base) / base:+.1f}%",
+        drift = f"{r['drift_pct']:+.1f}%" if "drift_pct" in r else ""  # compare.json written before drift
+        rows.append([r["name"], r["trainable"], r["trainable_pct"], ppl, f"{100 * (ppl - base) / base:+.1f}%", drift,
                      r["train_seconds"], r["peak_rss_mb"], r["saved_bytes"] / 2**20, r["tokens"]])
     names = [r["name"] for r in result["runs"]]
     figs = [
@@ -156,7 +157,8 @@ def compare_section(result: dict, runs_dir: Path | None = None) -> list[str]:
     parts = ["<h2>Method comparison</h2>",
              f'<p class="note">Same data, same {result["steps"]} steps of batch {result["batch_size"]} x '
              f'{result["max_seq_len"]} tokens for every method; each trained in a fresh process '
-             "(peak RSS is that process's).</p>", table(headers, rows),
+             "(peak RSS is that process's). Drift: the change in mean NLL of the base model's own greedy answers "
+             "to everyday prompts (lower is closer to the base).</p>", table(headers, rows),
              *[image(f, "comparison chart") for f in figs]]
     if runs_dir is not None:
         curves = {n: loss_curve_data(runs_dir / n) for n in names}

@@ -13,7 +13,7 @@ from lorakit.eval.cli import register
 from lorakit.eval.compare import METHODS, Method, run_compare, trainable_counts
 from lorakit.models import load_model
 
-CHOSEN = tuple(m for m in METHODS if m.name in ("full", "lora-r4", "dora-r8"))
+CHOSEN = tuple(m for m in METHODS if m.name in ("full", "lora-r4", "dora-r8", "prefix-n20", "prompt-n20"))
 
 
 def linear_shapes(model) -> list[tuple[int, int]]:
@@ -54,6 +54,11 @@ def test_trainable_counts(compared, tiny_model_dir):
     lora = sum(4 * (i + o) for i, o in linear_shapes(model))
     dora = sum(8 * (i + o) + o for i, o in linear_shapes(model))  # + one magnitude per output feature
     assert (runs["full"]["trainable"], runs["lora-r4"]["trainable"], runs["dora-r8"]["trainable"]) == (total, lora, dora)
+    cfg = model.config
+    kv_dim = cfg.num_key_value_heads * cfg.hidden_size // cfg.num_attention_heads  # a key or value row, GQA
+    assert runs["prefix-n20"]["trainable"] == 20 * cfg.num_hidden_layers * 2 * kv_dim  # keys and values per layer
+    assert runs["prompt-n20"]["trainable"] == 20 * cfg.hidden_size  # one embedding per virtual token
+    assert runs["prefix-n20"]["virtual_tokens"] == 20 and runs["prefix-n20"]["rank"] is None
     head = model.get_output_embeddings().weight.numel()  # untied from the input embedding, then trained alone
     assert trainable_counts(str(tiny_model_dir), Method("head", "head")) == (head, total)
     assert runs["full"]["trainable_pct"] == pytest.approx(100.0)
@@ -72,6 +77,34 @@ def test_measurements(compared):
     runs = {r["name"]: r for r in result["runs"]}
     assert runs["lora-r4"]["saved_bytes"] < runs["dora-r8"]["saved_bytes"] < runs["full"]["saved_bytes"]
     assert json.loads((out / "compare.json").read_text())["steps"] == 2
+    for name in ("prefix-n20", "prompt-n20"):  # PEFT's file: the trained tokens only, fp32
+        assert runs[name]["saved_bytes"] < 4 * runs[name]["trainable"] + 2**12
+
+
+@pytest.mark.parametrize("name", ["lora-r4", "prefix-n20", "prompt-n20"])
+def test_drift_is_evals_drift_of_the_saved_adapter(compared, tiny_model_dir, name):
+    """compare scores each run on the base's answers as `lorakit eval` does: the same change in NLL."""
+    from lorakit.eval.drift import drift
+    from lorakit.infer.virtual_rows import load_any_adapter
+
+    result, out = compared
+    model, tok = load_model(tiny_model_dir)
+    load_any_adapter(model, out / "runs" / name, name)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    expected = drift(model, tok, [name], pad_id, result["drift_tokens"])
+    run = next(r for r in result["runs"] if r["name"] == name)
+    assert result["base"]["drift_nll"] == pytest.approx(expected["nll"]["base"], rel=1e-6)
+    assert run["drift_pct"] == pytest.approx(expected["change_pct"][name], rel=1e-5, abs=1e-6)
+
+
+def test_virtual_runs_are_scored_with_their_tokens_in_front(compared):
+    """Prefix/prompt runs are scored with their tokens in front (scored without them, the NLL would be the base's)."""
+    result, _ = compared
+    base = result["base"]["perplexity"]["overall"]
+    for r in result["runs"]:
+        if r["virtual_tokens"]:
+            assert r["perplexity"]["overall"]["tokens"] == base["tokens"]  # only real tokens scored
+            assert r["perplexity"]["overall"]["nll"] != base["nll"]
 
 
 def test_compare_html_is_self_contained(compared):
@@ -99,4 +132,7 @@ def test_cli_refuses_bad_flags(prepared, capsys):
     assert "--steps: must be a positive integer" in capsys.readouterr().err
     args = parser.parse_args(["compare", "--data", str(prepared), "--methods", "lora-r4,qlora-r2"])
     with pytest.raises(LorakitError, match="choose from full, head"):
+        args.func(args)
+    args = parser.parse_args(["compare", "--task", "classify", "--data", str(prepared), "--methods", "lora-r4,prompt-n20"])
+    with pytest.raises(LorakitError, match="prompt-n20 with --task classify: .* not supported for classification"):
         args.func(args)
