@@ -11,6 +11,7 @@ quantized base: ``in_features``, ``out_features``, ``bias``, ``dequantize()`` an
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import nn
@@ -23,6 +24,23 @@ from lorakit.quant.nf4 import BLOCK, NF4Parts, dequantize_absmax, dequantize_nf4
 # inputs need more rows per chunk for an efficient matmul, smaller chunks mean more small OpenMP
 # regions, and 2^22 gains little more.
 CHUNK_ELEMENTS = 1 << 21
+
+_SCRATCH = threading.local()  # per thread: {(device, dtype): flat buffer}, see `scratch`
+
+
+def scratch(numel: int, device: torch.device, dtype: torch.dtype = torch.float32, slot: str = "w") -> torch.Tensor:
+    """A flat buffer of `numel` elements, the same memory on every call from this thread (per `slot`,
+    device and dtype; it grows to the largest request). A chunk's weights are read right after they
+    are written, so one buffer serves every layer: a fresh one per call would be page-faulted afresh
+    each time where freed memory goes back to the OS (QLoRA's `--release-memory`)."""
+    buffers = getattr(_SCRATCH, "buffers", None)
+    if buffers is None:
+        buffers = _SCRATCH.buffers = {}
+    key = (slot, torch.device(device), dtype)
+    buf = buffers.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel]
 
 
 class _DequantLinearFn(torch.autograd.Function):
@@ -90,11 +108,12 @@ class QuantLinear(nn.Module):
         rows = self._chunk_rows()
         ref = next(self.buffers())
         # + 64 (one NF4 block): a chunk is dequantized in whole blocks, a few values past `end`
-        work = torch.empty(min(rows, self.out_features) * self.in_features + 64, dtype=torch.float32, device=ref.device)
+        work = scratch(min(rows, self.out_features) * self.in_features + 64, ref.device)
+        cast = None if dtype == torch.float32 else scratch(work.numel(), ref.device, dtype, "cast")
         for start in range(0, self.out_features, rows):
             end = min(self.out_features, start + rows)
             w = self.dequantize_rows(start, end, scales, work)
-            yield start, end, (w if dtype == torch.float32 else w.to(dtype))
+            yield start, end, (w if cast is None else cast[:w.numel()].view_as(w).copy_(w))
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, in) -> x W^T (M, out), W dequantized chunk by chunk in x's dtype."""
@@ -168,7 +187,10 @@ class NF4Linear(QuantLinear):
     def dequantize_rows(self, start: int, end: int, scales: torch.Tensor | None = None,
                         out: torch.Tensor | None = None) -> torch.Tensor:
         absmax = self._scales() if scales is None else scales
-        flat = dequantize_nf4_range(self.packed, absmax, start * self.in_features, end * self.in_features, out)
+        # the chunked matmuls pass `out`: then the packed codes' index goes to a reused buffer too
+        index = None if out is None else scratch(out.numel() // 4, out.device, torch.int32, "index")
+        flat = dequantize_nf4_range(self.packed, absmax, start * self.in_features, end * self.in_features, out,
+                                    index)
         return flat.view(end - start, self.in_features)
 
 

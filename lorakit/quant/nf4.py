@@ -110,16 +110,19 @@ def quantize_nf4(weight: torch.Tensor, chunk_blocks: int = 1 << 16) -> NF4Parts:
 
 
 def dequantize_nf4_range(packed: torch.Tensor, absmax: torch.Tensor, start: int, end: int,
-                         out: torch.Tensor | None = None) -> torch.Tensor:
+                         out: torch.Tensor | None = None, index: torch.Tensor | None = None) -> torch.Tensor:
     """Weights ``[start, end)`` of the flattened tensor, fp32 (end - start,).
 
     `start` must be a multiple of 64 (a block boundary); `absmax` is `dequantize_absmax`'s output.
     `out`, if given, is a reusable fp32 buffer of at least the padded length: writing into it
     avoids a fresh allocation, whose page faults cost more than the lookup itself on a CPU.
+    `index`, likewise, a reusable int32 buffer of at least a quarter of that length.
     """
     b0, b1 = start // BLOCK, -(-end // BLOCK)
     n = (b1 - b0) * BLOCK
-    quads = packed[b0 * BLOCK // 2 : b1 * BLOCK // 2].view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF)
+    pairs = packed[b0 * BLOCK // 2 : b1 * BLOCK // 2].view(torch.int16)  # two bytes: four codes
+    quads = torch.empty(pairs.numel(), dtype=torch.int32, device=packed.device) if index is None else index[:pairs.numel()]
+    quads.copy_(pairs).bitwise_and_(0xFFFF)  # the uint16 value of each pair, as the table's row
     buf = torch.empty(n, dtype=torch.float32, device=packed.device) if out is None else out[:n]
     torch.index_select(_quad_table(packed.device), 0, quads, out=buf.view(-1, 4))
     buf.view(-1, BLOCK).mul_(absmax[b0:b1, None])

@@ -16,6 +16,7 @@ from torch import nn
 
 from lorakit.adapters.layers import LoraLayer
 from lorakit.families import decoder_layers, family_for
+from lorakit.runtime.memory import drop_file_pages, file_backed, file_mappings
 
 
 class SharedOutput(nn.Module):
@@ -120,9 +121,13 @@ def group_key(names: list[str]) -> str:
 def fuse_projections(model: nn.Module) -> int:
     """Fuse every group `fusable_groups` finds; returns groups fused."""
     groups = fusable_groups(model)
+    ranges = file_mappings()
     for parent, names, bases in groups:
         weight = torch.cat([b.weight.detach() for b in bases])
         bias = torch.cat([b.bias.detach() for b in bases]) if bases[0].bias is not None else None
+        for b in bases:  # the fused copy holds their values; read from a weights file, their pages would
+            if file_backed(b.weight, ranges):  # stay resident beside it while the file stays mapped
+                drop_file_pages(b.weight)
         shared = FusedBase(weight, bias, [b.out_features for b in bases])
         parent.add_module("fused_" + group_key(names), shared)
         start = 0
