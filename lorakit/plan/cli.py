@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--release-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="as train's --release-memory: freed memory goes back to the OS (lower peak, slower; "
                         "default auto: on for qlora)")
-    p.add_argument("--dropout", type=fraction, default=0.0, help="LoRA dropout (each adapter then keeps a dropped copy of its input)")
+    p.add_argument("--dropout", type=fraction, default=0.0, help="LoRA dropout (each adapter then keeps a byte mask of its input)")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                    help="as train's --precision: bf16 holds a LoRA run's frozen linears in bf16")
     p.add_argument("--compile", action="store_true", help="as train's --compile (noted: activations are planned eager)")
