@@ -189,7 +189,8 @@ def prepare_classify(inputs: Sequence[str | os.PathLike], out_dir: str | os.Path
     leak_removed = remove_leakage(splits, leaks)
     balance_info = _balance(splits, labels.classes, balance, seed)
     lap("split")
-    lint = lint_samples(splits, seq_len=seq_len, split_by=split_info["mode"], sig_cache=sig_cache)
+    lint = lint_samples(splits, seq_len=seq_len, split_by=split_info["mode"], sig_cache=sig_cache,
+                        cut_books=split_info["cut_in_order"])
     merge_class_lint(lint, splits, labels.classes)
     lap("lint")
     if lint["fatal"]:

@@ -2,10 +2,13 @@
 
 By book (the default for books, and for JSONL records that name their book): each class's
 books are dealt out whole, test first, so the test passages of every class come from a book the
-classifier never saw in training; a class keeps at least one book for train, so a class with two
-books has none for valid. A class with a single book cannot be split that way: its book is cut in
-reading order instead (train the opening, then valid, then test the closing passages), so its
-test passages are at least a part of the book it never saw; a report warning names these classes.
+classifier never saw in training; a class keeps at least one book for train. A class left with no
+book for valid (two books: one for test, one for train) gets its valid passages from the closing
+passages of its largest training book, cut in reading order, so every class is scored during
+training (`--eval-every`); test still holds its unseen book. A class with a single book cannot be
+split by book at all: its book is cut in reading order instead (train the opening, then valid, then
+test the closing passages), so its test passages are at least a part of the book it never saw.
+Report warnings name the classes of either fallback.
 
 By sample (JSONL records without a book field, or ``--split-by sample``): each class's records
 (all passages of one record together) are dealt out at random in the same way.
@@ -78,6 +81,22 @@ def _cut_in_order(n: int, fractions: dict[str, float]) -> list[str]:
     return ["train"] * n_train + ["valid"] * want["valid"] + ["test"] * want["test"]
 
 
+def _valid_from_train(groups_of: dict[str, list[str]], classes: list[str], assigned: dict[str, str],
+                      size: dict[str, int], fraction: float) -> dict[str, int]:
+    """book -> how many of its closing rows go to valid, for each of `classes` (none of whose books went
+    to valid): the class's largest training book gives `fraction` of the class's rows, keeping one."""
+    carved = {}
+    for cls in classes:
+        training = [g for g in groups_of[cls] if assigned.get(g, "train") == "train"]
+        if not training or fraction <= 0:
+            continue
+        book = max(training, key=lambda g: (size[g], g))
+        want = min(max(1, round(fraction * sum(size[g] for g in groups_of[cls]))), size[book] - 1)
+        if want > 0:
+            carved[book] = want
+    return carved
+
+
 def _primary(labels: list[str]) -> str:
     counts = Counter(labels)
     return min(counts, key=lambda c: (-counts[c], c))
@@ -103,6 +122,7 @@ def split_classify(rows: Sequence[dict], groups: Sequence[str], *, by_book: bool
     groups_of = dict(sorted(groups_of.items()))
     size = {g: len(idx) for g, idx in rows_of.items()}
     assigned, single, no_valid = _deal(groups_of, size, fractions, random.Random(seed))
+    carved = _valid_from_train(groups_of, no_valid, assigned, size, fractions["valid"]) if by_book else {}
     where = ["train"] * len(rows)
     for g, idx in rows_of.items():
         if by_book and label_of[g] in single:
@@ -111,6 +131,8 @@ def split_classify(rows: Sequence[dict], groups: Sequence[str], *, by_book: bool
         else:
             for i in idx:
                 where[i] = assigned.get(g, "train")
+        for i in idx[len(idx) - carved.get(g, 0):] if carved.get(g) else []:  # its closing passages
+            where[i] = "valid"
     splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
     for row, name in zip(rows, where):
         splits[name].append(row)
@@ -127,13 +149,22 @@ def split_classify(rows: Sequence[dict], groups: Sequence[str], *, by_book: bool
     elif single and fractions["test"] > 0:
         warnings.append(f"{len(single)} class(es) have a single {unit} ({', '.join(single[:5])}), kept for train: "
                         "test has none of them")
-    if no_valid and fractions["valid"] > 0:
-        warnings.append(f"{len(no_valid)} class(es) have too few {unit}s for valid after train and test "
-                        f"({', '.join(no_valid[:5])}): valid has none of them")
+    carved_classes = sorted({label_of[g] for g in carved})
+    if carved_classes:
+        warnings.append(f"{len(carved_classes)} class(es) have no {unit} left for valid after train and test "
+                        f"({', '.join(carved_classes[:5])}{', ...' if len(carved_classes) > 5 else ''}): their valid "
+                        "passages are the closing passages of a training book, not an unseen book")
+    uncovered = [c for c in no_valid if c not in carved_classes]
+    if uncovered and fractions["valid"] > 0:
+        warnings.append(f"{len(uncovered)} class(es) have too few {unit}s for valid after train and test "
+                        f"({', '.join(uncovered[:5])}): valid has none of them")
     realised = {name: round(len(splits[name]) / max(1, len(rows)), 4) for name in SPLITS}
     books = {name: sorted({str(r["meta"].get("book")) for r in splits[name]}) for name in SPLITS}
     info = {"mode": "book" if by_book else "sample", "requested": fractions, "realised": realised, "books": books,
-            "single_group_classes": single, "classes_without_valid": no_valid, "mixed_groups": mixed[:20],
+            "single_group_classes": single, "classes_without_valid": uncovered,
+            "valid_cut_from_train": {g: n for g, n in sorted(carved.items())},
+            "cut_in_order": sorted({g for g in rows_of if by_book and label_of[g] in single} | set(carved)),
+            "mixed_groups": mixed[:20],
             "warnings": warnings}
     return splits, info
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,12 @@ def _share_table(rows: dict[str, Counter], total: int) -> dict:
 
 
 def lint_samples(splits: dict[str, list[dict]], *, seq_len: int | None = None, tokenizer: Any = None,
-                 split_by: str | None = None, sig_cache: dict | None = None) -> dict:
+                 split_by: str | None = None, sig_cache: dict | None = None, cut_books: Collection[str] = ()) -> dict:
     """Lint report of in-memory splits (see module docstring for the keys).
 
     `sig_cache` (text -> MinHash) reuses signatures computed by an earlier leakage check.
+    `cut_books`: books the splitter cut in reading order on purpose (its report warns of them), not
+    counted as books in several splits.
     """
     fatal: list[str] = []
     warnings: list[str] = []
@@ -159,7 +162,8 @@ def lint_samples(splits: dict[str, list[dict]], *, seq_len: int | None = None, t
     leaks = [p for p in dup_pairs if p["group_a"] != p["group_b"]]
     if leaks:
         warnings.append(f"leakage: {len(leaks)} near-duplicate pair(s) across splits")
-    shared_books = sorted(b for b, names in book_splits.items() if len(names) > 1 and b != "unknown")
+    shared_books = sorted(b for b, names in book_splits.items()
+                          if len(names) > 1 and b != "unknown" and b not in set(cut_books))
     if shared_books and split_by == "book":
         warnings.append(f"leakage: {len(shared_books)} book(s) appear in more than one split")
     for name in ("valid", "test"):
@@ -216,8 +220,9 @@ def lint_dataset(path: str | Path, tokenizer: Any = None) -> dict:
         bad.extend(read.bad)
         gaps += sum(1 for row in read.rows if missing_fields(row))
     options = prepared.get("options", {}) if isinstance(prepared, dict) else {}
+    cut = prepared.get("split_info", {}).get("cut_in_order", []) if isinstance(prepared, dict) else []
     report = lint_samples(splits, seq_len=options.get("seq_len"), tokenizer=tokenizer,
-                          split_by=options.get("split_by"))
+                          split_by=options.get("split_by"), cut_books=cut if isinstance(cut, list) else [])
     if is_classify(splits, prepared):
         merge_class_lint(report, splits, prepared.get("classes") if isinstance(prepared, dict) else None)
     report["path"] = str(path)

@@ -50,9 +50,18 @@ def test_corpus_every_author_in_train_and_test_from_unseen_books(corpus, by_auth
     (dup,) = report["duplicates"]["documents"]
     assert dup["file"].endswith("/dup_dostoevsky_crime_and_punishment.txt")
     books = {name: {r["meta"]["book"] for r in rows} for name, rows in splits.items()}
-    assert not (books["train"] & books["test"]) and not (books["train"] & books["valid"])
-    assert not (books["valid"] & books["test"])
+    assert not (books["train"] & books["test"]) and not (books["valid"] & books["test"])
     assert "dup_dostoevsky_crime_and_punishment" not in set().union(*books.values())
+    # an author with two books (one for test, one for train) is scored in valid on its training book's
+    # closing passages: after every passage of that book that trains, and named in the report
+    cut = report["split_info"]["valid_cut_from_train"]
+    assert cut and books["train"] & books["valid"] == set(cut)
+    assert all(report["class_counts"]["valid"].values())
+    for book, n in cut.items():
+        order = {name: [r["meta"]["passage"] for r in splits[name] if r["meta"]["book"] == book] for name in SPLITS}
+        assert 0 < len(order["valid"]) <= n and max(order["train"]) < min(order["valid"])
+    assert any("closing passages of a training book" in w for w in report["warnings"])
+    assert not any("appear in more than one split" in w for w in report["warnings"])  # on purpose: not leakage
     for name, rows in splits.items():
         counts = {c: sum(1 for r in rows if r["label"] == c) for c in report["classes"]}
         assert report["class_counts"][name] == counts
