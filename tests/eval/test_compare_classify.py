@@ -15,7 +15,7 @@ import pytest
 from lorakit.classifier import load_classifier
 from lorakit.cli import main
 from lorakit.eval.classify import run_classify_eval
-from lorakit.eval.compare import METHODS
+from lorakit.eval.compare import CLASSIFY_METHODS as METHODS
 from lorakit.eval.compare_classify import train_settings, trainable_counts
 from lorakit.train.config import TrainConfig
 from tests.train.classify_data import CLASSES, prepare, save_tiny, write_records
