@@ -100,16 +100,23 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike, name: str = "defa
         save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         files = [WEIGHTS_NAME, CONFIG_NAME]
-        id2label = getattr(model.config, "id2label", None) if task_type(model) == SEQ_CLS else None
-        if id2label:
-            labels = {"id2label": {str(i): id2label[i] for i in sorted(id2label)}}
-            (tmp / LABELS_NAME).write_text(json.dumps(labels, indent=1, ensure_ascii=False) + "\n")
+        labels = labels_json(model)
+        if labels is not None:
+            (tmp / LABELS_NAME).write_text(labels)
             files.append(LABELS_NAME)
         for fname in files:
             os.replace(tmp / fname, out / fname)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def labels_json(model: nn.Module) -> str | None:
+    """The `labels.json` text a classifier's adapter is saved with (its class names), None for other models."""
+    id2label = getattr(model.config, "id2label", None) if task_type(model) == SEQ_CLS else None
+    if not id2label:
+        return None
+    return json.dumps({"id2label": {str(i): id2label[i] for i in sorted(id2label)}}, indent=1, ensure_ascii=False) + "\n"
 
 
 def read_adapter_config(path: str | os.PathLike) -> LoraConfig:

@@ -5,6 +5,8 @@ were never rotated, so they carry no position; the real tokens sit at positions 
 model counts the cache, and explicit position ids are shifted by N, as PEFT shifts them), and the
 attention mask gets N ones in front. With `prefix_projection` the N vectors pass through PEFT's
 two-layer tanh MLP first (``PrefixEncoder``); the file holds the MLP's output only, as PEFT saves it.
+On a sequence classifier (PEFT's SEQ_CLS) the head trains beside the prefix and token type ids are
+kept (`lorakit.adapters.virtual_cls`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lorakit.adapters.tasks import SEQ_CLS
 from lorakit.adapters.virtual import (
     CACHE_MARK,
     VirtualAdapter,
@@ -151,14 +154,16 @@ def _prefix_hook(backbone: nn.Module, args: tuple, kwargs: dict):
     extend_mask(record, call, batch)
     if call.get("position_ids") is not None:
         call["position_ids"] = call["position_ids"] + record.num_virtual_tokens
-    call.pop("token_type_ids", None)  # PEFT drops them for causal LMs
+    if record.task != SEQ_CLS:
+        call.pop("token_type_ids", None)  # PEFT drops them for causal LMs, keeps a classifier's
     return (), call
 
 
 def add_prefix_tuning(model: nn.Module, config: PrefixTuningConfig, name: str = "default", *,
                       weights: torch.Tensor | None = None, trainable: bool = True) -> VirtualAdapter:
-    """Attach a prefix-tuning adapter to causal LM `model` (in place); the base is frozen and only the
-    prefix (with `prefix_projection`: its N vectors and the MLP) trains.
+    """Attach a prefix-tuning adapter to causal LM or sequence classifier `model` (in place); the base
+    is frozen and only the prefix (with `prefix_projection`: its N vectors and the MLP) trains, with a
+    classifier's head beside it (PEFT's SEQ_CLS).
 
     `weights`: a saved prefix, (N, layers*2*token_dim); the adapter then holds it as is, without the
     MLP (PEFT's inference mode). Everything is checked before the model is touched.

@@ -4,7 +4,10 @@ The decoder gets ``inputs_embeds = [prompt; embed(input_ids)]`` and a mask with 
 (peft/peft_model.py, ``PeftModelForCausalLM.forward``); position ids are dropped (PEFT ignores
 them), so the virtual tokens take positions 0..N-1 and the text follows. The outputs keep the N
 virtual positions, as PEFT's do, and labels passed to the model get N ignored ones in front.
-In a decoding step (a cache that holds the prompt already) only the mask is extended.
+In a decoding step (a cache that holds the prompt already) only the mask is extended. On a sequence
+classifier (PEFT's SEQ_CLS) token type ids get N zeros in front instead of being dropped, labels
+(one class per row) are left alone, and the backbone's output loses the N virtual positions
+(`lorakit.adapters.virtual_cls`).
 
 Initial values (PEFT's ``PromptEmbedding``): random (``nn.Embedding``'s normal init), the
 embeddings of the tokens of `init_text` (repeated or cut to N), or of N random vocabulary tokens.
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lorakit.adapters.tasks import SEQ_CLS
 from lorakit.adapters.virtual import (
     CACHE_MARK,
     VirtualAdapter,
@@ -29,8 +33,10 @@ from lorakit.adapters.virtual import (
     check_model,
     extend_mask,
     model_shape,
+    model_task,
     virtual_hook,
 )
+from lorakit.adapters.virtual_cls import drop_virtual_outputs
 from lorakit.errors import LorakitError, short_repr
 
 PROMPT_INITS = ("random", "text", "sample_vocab")
@@ -116,7 +122,9 @@ def _prompt_hook(backbone: nn.Module, args: tuple, kwargs: dict):
     extend_mask(record, call, batch)
     if call.get("position_ids") is not None:
         call["position_ids"] = None  # PEFT ignores them: the model counts from the start of the prompt
-    call.pop("token_type_ids", None)  # PEFT drops them for causal LMs
+    types = call.pop("token_type_ids", None)  # PEFT drops them for causal LMs
+    if types is not None and record.task == SEQ_CLS:  # and gives a classifier's virtual tokens type 0
+        call["token_type_ids"] = torch.cat((types.new_zeros(batch, record.num_virtual_tokens), types), dim=1)
     if call.get("cache_position") is not None:
         raise LorakitError("prompt tuning: pass no cache_position; the model derives it from the inputs")
     if not inject:
@@ -151,8 +159,8 @@ def _labels_hook(model: nn.Module, args: tuple, kwargs: dict):
 
 def add_prompt_tuning(model: nn.Module, config: PromptTuningConfig, name: str = "default", *, tokenizer=None,
                       weights: torch.Tensor | None = None, trainable: bool = True) -> VirtualAdapter:
-    """Attach a prompt-tuning adapter to causal LM `model` (in place); the base is frozen and only the
-    N prompt embeddings train.
+    """Attach a prompt-tuning adapter to causal LM or sequence classifier `model` (in place); the base
+    is frozen and only the N prompt embeddings train (and a classifier's head, PEFT's SEQ_CLS).
 
     `tokenizer`: for ``init='text'`` (else `config.tokenizer_name_or_path` is loaded); `weights`: a
     saved prompt, (N, hidden size), used instead of any init. Checked before the model is touched.
@@ -169,4 +177,6 @@ def add_prompt_tuning(model: nn.Module, config: PromptTuningConfig, name: str = 
         with torch.no_grad():
             encoder.embedding.weight.copy_(start.to(torch.float32))
     record = VirtualAdapter(name, config, shape, encoder, backbone)
+    if model_task(model) == SEQ_CLS:
+        return attach(model, record, _prompt_hook, trainable=trainable, output_hook=drop_virtual_outputs)
     return attach(model, record, _prompt_hook, _labels_hook, trainable=trainable)

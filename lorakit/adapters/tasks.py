@@ -85,6 +85,22 @@ def add_classifier_adapter(model: nn.Module, config: LoraConfig, name: str = "de
     return add_adapter(model, classifier_config(model, config), name)
 
 
+def check_task(model: nn.Module, data: dict, path: Path, ours: str | None = None) -> str | None:
+    """The task_type of the adapter config `data` read from `path`; refuses (`AdapterLoadError`,
+    naming the folder and the fix) one that is not a string, or not the task of `model` (`ours`: that
+    task where the class name does not tell, e.g. GPT-2's LMHeadModel)."""
+    task = data.get("task_type")
+    if task is not None and not isinstance(task, str):
+        raise AdapterLoadError(f"{path / 'adapter_config.json'}: 'task_type' must be a string such as "
+                               f"{CAUSAL_LM} or {SEQ_CLS}, got {short_repr(task)}; fix the field or re-save the adapter")
+    ours = ours or task_type(model)
+    if task in _WHAT and ours is not None and task != ours:
+        fix = _FIX.get(task, f"load its base as AutoModel{next(s for s, t in _TASKS if t == task)}")
+        raise AdapterLoadError(f"{path}: a {_WHAT[task]} adapter (task_type {task}) cannot load onto "
+                               f"{type(model).__name__}, a {_WHAT[ours]} model; {fix}")
+    return task
+
+
 def config_for_model(model: nn.Module, data: dict, config: LoraConfig, tensors: dict[str, torch.Tensor],
                      path: Path, prefix: str) -> LoraConfig:
     """The config an adapter read from `path` loads into `model` with.
@@ -92,16 +108,8 @@ def config_for_model(model: nn.Module, data: dict, config: LoraConfig, tensors: 
     Refuses (`AdapterLoadError`, naming the folder and the fix) an adapter whose task_type is not
     the model's; for a SEQ_CLS adapter, adds the heads its file holds weights for (keys
     ``<prefix><head>.``) to modules_to_save, as PEFT does when it loads one."""
-    task = data.get("task_type")
-    if task is not None and not isinstance(task, str):
-        raise AdapterLoadError(f"{path / 'adapter_config.json'}: 'task_type' must be a string such as "
-                               f"{CAUSAL_LM} or {SEQ_CLS}, got {short_repr(task)}; fix the field or re-save the adapter")
-    ours = task_type(model)
-    if task in _WHAT and ours is not None and task != ours:
-        fix = _FIX.get(task, f"load its base as AutoModel{next(s for s, t in _TASKS if t == task)}")
-        raise AdapterLoadError(f"{path}: a {_WHAT[task]} adapter (task_type {task}) cannot load onto "
-                               f"{type(model).__name__}, a {_WHAT[ours]} model; {fix}")
-    if task != SEQ_CLS or ours != SEQ_CLS:
+    task = check_task(model, data, path)
+    if task != SEQ_CLS or task_type(model) != SEQ_CLS:
         return config
     heads = [h for h in family_for(model).cls_heads if h in model._modules]
     held = [h for h in heads if any(k.startswith(f"{prefix}{h}.") for k in tensors)]

@@ -8,6 +8,8 @@ backbone (``model.base_model``: ``model.model``, GPT-2's ``transformer``), not a
 * the model keeps its class, so ``model(...)``, ``model.generate(...)`` and lorakit's trainer, which
   calls ``model.base_model(...)`` and runs the head itself (`lorakit.train.objective`), all see the
   virtual tokens without knowing about them;
+* a sequence classifier (``*ForSequenceClassification``) takes them the same way, its head trained
+  beside them as PEFT's SEQ_CLS does (`lorakit.adapters.virtual_cls`);
 * the hook rewrites the call's arguments the way PEFT's ``PeftModelForCausalLM.forward`` rewrites
   the base model's (peft/peft_model.py), so the numbers are PEFT's.
 
@@ -27,6 +29,8 @@ import torch
 from torch import nn
 
 from lorakit.adapters.io import task_type
+from lorakit.adapters.tasks import SEQ_CLS
+from lorakit.adapters.virtual_cls import unwrap_heads, wrap_heads
 from lorakit.errors import LorakitError
 
 RECORD = "lorakit_virtual"    # __dict__ key of the VirtualAdapter on the model and on its backbone
@@ -56,13 +60,16 @@ class VirtualAdapter:
 
     `config`: a `PrefixTuningConfig` or `PromptTuningConfig` (its `peft_type` says which);
     `shape`: the model facts; `encoder`: the trained module (also ``model.lorakit_prompt``);
-    `backbone`: the decoder module the hook sits on."""
+    `backbone`: the decoder module the hook sits on; `task`: PEFT's task_type (CAUSAL_LM or
+    SEQ_CLS); `heads`: a classifier's heads that train beside the virtual tokens (`attach` fills it)."""
 
     name: str
     config: Any
     shape: VirtualShape
     encoder: nn.Module
     backbone: nn.Module
+    task: str = CAUSAL_LM
+    heads: tuple[str, ...] = ()
 
     @property
     def peft_type(self) -> str:
@@ -80,10 +87,12 @@ def virtual_adapter(model: nn.Module) -> VirtualAdapter | None:
 
 def virtual_positions(model: nn.Module) -> int:
     """How many leading positions of the model's outputs (hidden states, logits) belong to virtual
-    tokens: N for prompt tuning (PEFT returns them too), 0 for prefix tuning and for no adapter.
-    A trainer that runs the head itself drops these: ``hidden[:, virtual_positions(model):]``."""
+    tokens: N for prompt tuning on a causal LM (PEFT returns them too), 0 for prefix tuning, for a
+    classifier and for no adapter. A trainer that runs the head itself drops these:
+    ``hidden[:, virtual_positions(model):]``."""
     record = virtual_adapter(model)
-    return record.num_virtual_tokens if record is not None and record.peft_type == "PROMPT_TUNING" else 0
+    prompt = record is not None and record.peft_type == "PROMPT_TUNING" and record.task == CAUSAL_LM
+    return record.num_virtual_tokens if prompt else 0
 
 
 def text_config(model: nn.Module):
@@ -116,35 +125,49 @@ def model_shape(model: nn.Module, prefix: bool) -> VirtualShape:
 
 
 def check_model(model: nn.Module) -> nn.Module:
-    """The decoder backbone of causal LM `model`; refuses other models and a second adapter."""
-    backbone = check_causal_lm(model)
+    """The backbone of causal LM or classifier `model`; refuses other models and a second adapter."""
+    backbone = check_base(model)
     if virtual_adapter(model) is not None:
         raise LorakitError(f"a {virtual_adapter(model).peft_type} adapter is attached already; "
                            "remove_virtual_adapter(model) first (one per model, as in PEFT)")
     return backbone
 
 
-def check_causal_lm(model: nn.Module) -> nn.Module:
-    """The decoder backbone of causal LM `model`; refuses models virtual tokens cannot run on."""
-    # GPT-2's class is GPT2LMHeadModel (PEFT's task_type CAUSAL_LM all the same)
-    if task_type(model) != CAUSAL_LM and not type(model).__name__.endswith("LMHeadModel"):
-        raise LorakitError(f"{type(model).__name__}: prefix and prompt tuning are for causal LMs "
-                           "(*ForCausalLM, *LMHeadModel) only")
+def model_task(model: nn.Module) -> str:
+    """PEFT's task_type of a model virtual tokens run on: CAUSAL_LM (GPT-2's GPT2LMHeadModel too) or
+    SEQ_CLS; refuses any other."""
+    task = task_type(model)
+    if task == SEQ_CLS or task == CAUSAL_LM:
+        return task
+    if type(model).__name__.endswith("LMHeadModel"):
+        return CAUSAL_LM
+    raise LorakitError(f"{type(model).__name__}: prefix and prompt tuning are for causal LMs (*ForCausalLM, "
+                       "*LMHeadModel) and sequence classifiers (*ForSequenceClassification) only")
+
+
+def check_base(model: nn.Module) -> nn.Module:
+    """The backbone of causal LM or classifier `model`; refuses models virtual tokens cannot run on."""
+    model_task(model)
     backbone = getattr(model, "base_model", None)
     if not isinstance(backbone, nn.Module) or backbone is model:
-        raise LorakitError(f"{type(model).__name__}: no decoder backbone (model.base_model) to attach virtual tokens to")
+        raise LorakitError(f"{type(model).__name__}: no backbone (model.base_model) to attach virtual tokens to")
     return backbone
 
 
 def attach(model: nn.Module, record: VirtualAdapter, backbone_hook: Callable, model_hook: Callable | None = None,
-           trainable: bool = True) -> VirtualAdapter:
-    """Freeze the base, register the encoder and the hooks; `record` becomes the model's adapter."""
+           trainable: bool = True, output_hook: Callable | None = None) -> VirtualAdapter:
+    """Freeze the base, register the encoder and the hooks (`output_hook`: a forward hook on the
+    backbone); a classifier's heads get the adapter's own copy; `record` becomes the model's adapter."""
     model.requires_grad_(False)
     record.encoder.requires_grad_(trainable)
+    record.task = model_task(model)
+    record.heads = wrap_heads(model, record.name, trainable)
     model.add_module(MODULE, record.encoder)
     model.__dict__[RECORD] = record
     record.backbone.__dict__[RECORD] = record
     record.backbone.register_forward_pre_hook(backbone_hook, with_kwargs=True)
+    if output_hook is not None:
+        record.backbone.register_forward_hook(output_hook, with_kwargs=True)
     if model_hook is not None:
         model.register_forward_pre_hook(model_hook, with_kwargs=True)
     return record
@@ -156,11 +179,14 @@ def remove_virtual_adapter(model: nn.Module) -> nn.Module:
     if record is None:
         raise LorakitError(f"{type(model).__name__} has no prefix or prompt tuning adapter to remove")
     for module in (model, record.backbone):
-        for key, hook in list(module._forward_pre_hooks.items()):
-            if getattr(hook, "lorakit_virtual_hook", False):
-                del module._forward_pre_hooks[key]
-                module._forward_pre_hooks_with_kwargs.pop(key, None)
+        for hooks, with_kwargs in ((module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs),
+                                   (module._forward_hooks, module._forward_hooks_with_kwargs)):
+            for key, hook in list(hooks.items()):
+                if getattr(hook, "lorakit_virtual_hook", False):
+                    del hooks[key]
+                    with_kwargs.pop(key, None)
         module.__dict__.pop(RECORD, None)
+    unwrap_heads(model, record.heads)
     delattr(model, MODULE)
     return model
 

@@ -48,7 +48,10 @@ def _edit_tensors(fn):
 BAD = {
     "another base (layers)": (_edit_config(num_layers=3), "num_layers=3"),
     "another base (kv width)": (_edit_config(token_dim=32), "token_dim=32"),
-    "seq-cls task": (_edit_config(task_type="SEQ_CLS"), "CAUSAL_LM only"),
+    "seq-cls task": (_edit_config(task_type="SEQ_CLS"), "a sequence-classification adapter (task_type SEQ_CLS) cannot "
+                                                        "load onto LlamaForCausalLM"),
+    "token-cls task": (_edit_config(task_type="TOKEN_CLS"), "CAUSAL_LM and SEQ_CLS only"),
+    "saved modules": (_edit_config(modules_to_save=["lm_head"]), "only a SEQ_CLS adapter's classifier head"),
     "encoder-decoder": (_edit_config(num_transformer_submodules=2), "num_transformer_submodules"),
     "tokens as text": (_edit_config(num_virtual_tokens="3"), "num_virtual_tokens"),
     "projection as text": (_edit_config(prefix_projection="false"), "prefix_projection"),
@@ -97,8 +100,10 @@ def test_projected_prefix_loads_to_run_only(tmp_path):
 
 
 def test_models_it_cannot_attach_to_are_refused():
-    with pytest.raises(LorakitError, match="causal LMs"):
-        add_prompt_tuning(tiny_model("bert"), PromptTuningConfig(num_virtual_tokens=2))
+    from transformers import BertForMaskedLM
+
+    with pytest.raises(LorakitError, match="causal LMs .* and sequence classifiers"):
+        add_prompt_tuning(BertForMaskedLM(tiny_model("bert").config), PromptTuningConfig(num_virtual_tokens=2))
     model = tiny_model("llama")
     model.gradient_checkpointing_enable()
     with pytest.raises(LorakitError, match="gradient checkpointing"):

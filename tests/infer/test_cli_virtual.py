@@ -35,7 +35,8 @@ def _expected(tiny_dir, folder, prompt: str) -> str:
 
 
 def _generate(argv: list[str], capsys) -> str:
-    code = main(["generate", "--temperature", "0", "--max-new-tokens", str(STEPS), *argv])
+    # fp32: PEFT's answers are fp32 ones (auto would take bf16 on a CPU with native bf16)
+    code = main(["generate", "--temperature", "0", "--max-new-tokens", str(STEPS), "--precision", "fp32", *argv])
     out = capsys.readouterr().out
     assert code == 0
     return out
@@ -70,7 +71,7 @@ def test_serve_loads_virtual_folders_at_start_and_over_http(tiny_dir, virtual_ro
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "lorakit", "serve", "--model", str(tiny_dir), "--port", str(port),
                              "--adapter", f"pre={virtual_root / 'pre'}", "--adapter-root", str(virtual_root),
-                             "--max-context", "128", "--shutdown-timeout", "2"],
+                             "--max-context", "128", "--shutdown-timeout", "2", "--precision", "fp32"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
