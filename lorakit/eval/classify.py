@@ -15,7 +15,8 @@ import logging
 import os
 from pathlib import Path
 
-from lorakit.adapters import load_adapter, read_adapter_config
+from lorakit.adapters import load_adapter, read_adapter_config, virtual_adapter
+from lorakit.adapters.prompt_io import read_virtual_config, virtual_peft_type
 from lorakit.atomic import atomic_write
 from lorakit.classifier import has_classifier_head, load_classifier
 from lorakit.errors import LorakitError
@@ -58,7 +59,8 @@ def run_classify_eval(model_spec: str | None, adapter: str | os.PathLike | None,
     if not path.is_file():
         raise LorakitError(f"{path}: not found; re-run `lorakit data prepare --task classify` (it writes {path.name})")
     if adapter is not None:
-        read_adapter_config(adapter)  # one line naming the file when it is not an adapter
+        # one line naming the file when it is not an adapter
+        read_virtual_config(adapter) if virtual_peft_type(adapter) else read_adapter_config(adapter)
     check_precision(precision, INFER_PRECISIONS)
     spec = model_spec or (recorded_base(adapter) if adapter is not None else None)
     if adapter is None:
@@ -68,13 +70,14 @@ def run_classify_eval(model_spec: str | None, adapter: str | os.PathLike | None,
     precision = hold_base_in(model, precision)
     if adapter is not None:
         load_adapter(model, adapter)  # refuses a causal-LM adapter, or a head of another class count
-    examples, stats = load_examples(path, report, tok, max_length(tok, max_seq_len))
+    record = virtual_adapter(model)  # a prefix/prompt adapter's virtual tokens take positions before the text
+    limit = max_length(tok, max_seq_len, reserved=record.num_virtual_tokens if record is not None else 0)
+    examples, stats = load_examples(path, report, tok, limit)
     if not examples:
         raise LorakitError(f"{path}: no examples; re-run `lorakit data prepare --task classify` with a larger "
                            f"--{'test' if split == 'test' else 'val'}-fraction")
     if stats.truncated:
-        log.warning("%d examples were longer than %d tokens and were truncated", stats.truncated,
-                    max_length(tok, max_seq_len))
+        log.warning("%d examples were longer than %d tokens and were truncated", stats.truncated, limit)
     labels, preds, total = predict(model, fixed_batches(examples, batch_size, int(model.config.pad_token_id)))
     return {"model": str(spec or DEFAULT_MODEL), "adapter": None if adapter is None else str(adapter),
             "data": str(data_dir), "split": split, "precision": precision, "truncated": stats.truncated,

@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "`lorakit train --task classify` picks it)")
     c.add_argument("--methods", default=None, metavar="A,B,...",
                    help="subset of: full, head, lora-r4, lora-r8, lora-r16, dora-r8, prefix-n20, prompt-n20 "
-                        "(default: all; --task classify: all but prefix and prompt)")
+                        "(default: all)")
     c.add_argument("--batch-size", type=positive_int, default=None, help="default 4; --task classify: 16, as train")
     c.add_argument("--max-seq-len", type=positive_int, default=None,
                    help="default 256; --task classify: 512, as train (longer examples are truncated)")
@@ -187,7 +187,6 @@ def summary_lines(result: dict) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Handler of `lorakit compare`."""
     from lorakit.eval.compare import CLASSIFY_METHODS, METHODS, run_compare
-    from lorakit.train.virtual_settings import VIRTUAL_METHODS
 
     methods = CLASSIFY_METHODS if args.task == "classify" else METHODS
     if args.methods:
@@ -197,10 +196,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if unknown or not names:
             raise LorakitError(f"--methods {args.methods!r}: choose from {', '.join(known)}")
         methods = tuple(known[n] for n in names)
-    virtual = [m.name for m in methods if m.method in VIRTUAL_METHODS]
-    if args.task == "classify" and virtual:
-        raise LorakitError(f"--methods {','.join(virtual)} with --task classify: prefix and prompt tuning are not "
-                           "supported for classification yet; drop them")
     _check_out(args.out, args.data, args.model)
     if args.task == "classify":
         return cmd_compare_classify(args, methods)

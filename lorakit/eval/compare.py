@@ -61,8 +61,8 @@ METHODS: tuple[Method, ...] = (
     Method(f"prefix-n{VIRTUAL_TOKENS}", "prefix", lr=LR["lm"]["prefix"], virtual_tokens=VIRTUAL_TOKENS),
     Method(f"prompt-n{VIRTUAL_TOKENS}", "prompt", lr=LR["lm"]["prompt"], virtual_tokens=VIRTUAL_TOKENS),
 )
-# `--task classify` trains no prefix or prompt yet (`lorakit.train.virtual_settings`)
-CLASSIFY_METHODS = tuple(m for m in METHODS if m.method not in VIRTUAL_METHODS)
+# `--task classify` trains them all (prefix and prompt with the classifier head beside them)
+CLASSIFY_METHODS = METHODS
 STARTUP_SECONDS = 6.0  # a fresh Python importing torch + transformers, before any work
 
 

@@ -38,20 +38,20 @@ def method_lr(method: str, lr: float | None = None) -> float:
 
 def trainable_counts(model_spec: str | None, classes: list[str], m: Method) -> tuple[int, int]:
     """(trainable parameters, parameters of the base classifier), set up as the trainer does it:
-    `load_classifier` with the dataset's classes, then `prepare_classifier` for the method."""
+    `load_classifier` with the dataset's classes, then `prepare_model` for the method (the base's
+    count is taken first: a LoRA layer or a head copy adds parameters)."""
     from lorakit.classifier import load_classifier
-    from lorakit.train.classify import prepare_classifier
-    from lorakit.train.methods import lora_config
+    from lorakit.train.methods import prepare_model
 
     model, _ = load_classifier(model_spec, classes, with_tokenizer=False)
     total = sum(p.numel() for p in model.parameters())
-    prepare_classifier(model, m.method, lora_config(TrainConfig(task=TASK, method=m.method, rank=m.rank)))
+    prepare_model(model, TrainConfig(task=TASK, method=m.method, **m.size()))
     return sum(p.numel() for p in model.parameters() if p.requires_grad), total
 
 
 def heldout_scores(spec: dict, out: Path) -> dict:
     """`run_classify_eval` of a finished run on test.jsonl: a full/head run's folder is a model of its
-    own, a lora/dora run's is a SEQ_CLS adapter on the base. Always fp32, as the held-out LM scores."""
+    own, a lora/dora/prefix/prompt run's is a SEQ_CLS adapter on the base. Always fp32, as the held-out LM scores."""
     train = spec["train"]
     own_model = train["method"] in ("full", "head")
     return run_classify_eval(str(out) if own_model else train["model"], None if own_model else out, train["data"],
@@ -70,7 +70,7 @@ def train_settings(m: Method, *, model_spec: str | None, data_dir: str, out: Pat
     """TrainConfig fields for method `m` (everything but the method, rank and lr is shared).
     `steps` None: `epochs` passes over train.jsonl, `planned` steps."""
     return {"task": TASK, "model": model_spec, "data": data_dir, "out": str(out), "method": m.method,
-            "rank": m.rank, "lr": method_lr(m.method, lr), "max_steps": steps, "epochs": epochs,
+            **m.size(), "lr": method_lr(m.method, lr), "max_steps": steps, "epochs": epochs,
             "batch_size": batch_size, "max_seq_len": max_seq_len, "warmup": min(10, planned // 10), "seed": seed,
             # one valid batch at the end: the scores that count are on test, afterwards
             "progress": False, "threads": threads, "eval_batches": 1, "precision": precision}

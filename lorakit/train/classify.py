@@ -49,7 +49,7 @@ def load_classify_data(cfg: TrainConfig, tokenizer) -> tuple[list[Example], list
     """train and valid examples (with the model's special tokens), with load statistics."""
     data = Path(cfg.data)
     report = read_report(data)
-    limit = max_length(tokenizer, cfg.max_seq_len)
+    limit = max_length(tokenizer, cfg.max_seq_len, reserved=cfg.virtual_tokens or 0)  # None unless prefix/prompt
     train, stats = load_examples(data / "train.jsonl", report, tokenizer, limit, cfg.strict)
     if not train:
         raise LorakitError(f"{data / 'train.jsonl'}: no examples; re-run `lorakit data prepare --task classify`")
@@ -74,8 +74,8 @@ def prepare_classifier(model: nn.Module, method: str, lora: LoraConfig) -> nn.Mo
         model.requires_grad_(False)
         for name in classifier_heads(model):
             model.get_submodule(name).requires_grad_(True)
-    else:
-        raise LorakitError(f"--method {method} --task classify: use lora, dora, full or head")
+    else:  # prefix and prompt are attached by `lorakit.train.methods.prepare_model`
+        raise LorakitError(f"--method {method} --task classify: use lora, dora, full, head, prefix or prompt")
     return model
 
 

@@ -117,10 +117,11 @@ def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
     return list(full[:at]), list(full[at + len(plain):])
 
 
-def max_length(tokenizer, max_seq_len: int) -> int:
-    """`max_seq_len`, or the tokenizer's own limit where it is lower (an encoder's position table)."""
+def max_length(tokenizer, max_seq_len: int, reserved: int = 0) -> int:
+    """`max_seq_len`, or the tokenizer's own limit (an encoder's position table) less the `reserved`
+    positions in front of the text (prefix or prompt tuning's virtual tokens) where that is lower."""
     limit = getattr(tokenizer, "model_max_length", None)
-    return min(max_seq_len, limit) if isinstance(limit, int) and 0 < limit < 1_000_000 else max_seq_len
+    return min(max_seq_len, limit - reserved) if isinstance(limit, int) and 0 < limit < 1_000_000 else max_seq_len
 
 
 def load_examples(path: Path, report: ClassifyReport, tokenizer, max_seq_len: int,

@@ -43,7 +43,7 @@ OPTIONAL = ("max_steps", "threads", "alpha", "loss_chunk", "batch_size", "lr", "
 # Prefix and prompt tuning train a few vectors in front of the input and take far larger rates: PEFT's
 # causal-LM examples use 1e-2 (prefix) and 3e-2 (prompt; Lester et al., 2021, trained at 0.3 with Adafactor).
 BATCH_SIZE = {"lm": 4, "classify": 16}
-LR = {"lm": {"prefix": 1e-2, "prompt": 3e-2}, "classify": {"full": 5e-5}}  # method -> rate; others: DEFAULT_LR[task]
+LR = {"lm": {"prefix": 1e-2, "prompt": 3e-2}, "classify": {"full": 5e-5, "prefix": 1e-2, "prompt": 3e-2}}  # method -> rate; others: DEFAULT_LR[task]
 DEFAULT_LR = {"lm": 2e-4, "classify": 1e-3}
 # on/off settings whose default, None ("auto"), is decided at run time: packing and mask_prompt from the
 # data (`lorakit.train.defaults`), grad_checkpoint and release_memory by the speed plan (`lorakit.plan.speed`)
@@ -172,7 +172,8 @@ class TrainConfig:
     method: str = _f("lora", "lora | dora | full (all weights) | head (output head only; with --task classify, "
                              "the classifier head) | qlora (4-bit base) | prefix (prefix tuning: trained key/value "
                              "pairs in every layer) | prompt (prompt tuning: trained embeddings before the input); "
-                             "prefix and prompt save PEFT's PREFIX_TUNING / PROMPT_TUNING adapters, --task lm only")
+                             "prefix and prompt save PEFT's PREFIX_TUNING / PROMPT_TUNING adapters (with --task classify "
+                             "the classifier head trains beside them, as PEFT's SEQ_CLS)")
     rank: int = _f(16, "LoRA rank r")
     alpha: float | None = _f(None, "LoRA alpha (default 2 x rank)")
     dropout: float = _f(0.0, "dropout on the LoRA path")
@@ -194,7 +195,7 @@ class TrainConfig:
     max_steps: int | None = _f(None, "optimizer steps (default: --epochs worth)")
     epochs: float = _f(1.0, "passes over train.jsonl when --max-steps is not given")
     lr: float | None = _f(None, "peak learning rate (AdamW; default 2e-4; prefix 1e-2, prompt 3e-2; "
-                                "--task classify: 1e-3, full 5e-5)")
+                                "--task classify: 1e-3, full 5e-5, prefix 1e-2, prompt 3e-2)")
     schedule: str = _f("cosine", "cosine | linear | constant, after warmup")
     warmup: int = _f(10, "linear warm-up steps")
     weight_decay: float = _f(0.0, "AdamW weight decay")

@@ -58,14 +58,14 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, tokenizer=None) -> nn.Modu
     """Attach what `cfg.method` trains and freeze the rest; returns the model. `tokenizer`: the run's,
     for ``--prompt-init text`` (the text's tokens start the prompt)."""
     torch.manual_seed(cfg.seed)  # adapter init is part of the run's identity
-    if cfg.task == "classify":  # a classifier's head, not lm_head (`lorakit.train.classify`)
-        prepare_classifier(model, cfg.method, lora_config(cfg))
-    elif cfg.method == "prefix":
+    if cfg.method == "prefix":  # a classifier's head trains beside (`lorakit.adapters.virtual_cls`)
         add_prefix_tuning(model, virtual_config(cfg))
     elif cfg.method == "prompt":
         if cfg.prompt_init == "text" and tokenizer is None:
             raise LorakitError("--prompt-init text: no tokenizer to tokenize --prompt-init-text with")
         add_prompt_tuning(model, virtual_config(cfg), tokenizer=tokenizer)
+    elif cfg.task == "classify":  # a classifier's head, not lm_head (`lorakit.train.classify`)
+        prepare_classifier(model, cfg.method, lora_config(cfg))
     elif cfg.method in ("lora", "dora", "qlora"):
         add_adapter(model, lora_config(cfg))
         set_trainable(model, "default")

@@ -1,9 +1,10 @@
 """The settings of prefix and prompt tuning (``--method prefix|prompt``) and what they exclude.
 
 Each setting is refused with any other method, and these methods refuse what makes no sense for
-virtual tokens: LoRA's settings, classification (not supported yet), packing (the virtual tokens sit
-in front of every row, so packed samples would share them) and, for prefix tuning, gradient
-checkpointing (the recomputed layers would extend the prefix's KV cache a second time).
+virtual tokens: LoRA's settings, packing (the virtual tokens sit in front of every row, so packed
+samples would share them) and, for prefix tuning, gradient checkpointing (the recomputed layers
+would extend the prefix's KV cache a second time). With --task classify the classifier's head
+trains beside the virtual tokens, as PEFT's SEQ_CLS prompt learning trains it.
 """
 
 from __future__ import annotations
@@ -41,9 +42,6 @@ def check_virtual_settings(cfg: Any) -> None:
         if given:
             raise LorakitError(f"{flag} is a LoRA setting; --method {method} trains virtual tokens, no LoRA "
                                "layers: drop it")
-    if cfg.task != "lm":
-        raise LorakitError(f"--method {method} --task {cfg.task}: prefix and prompt tuning are not supported "
-                           "for classification yet; use --task lm, or --method lora for a classifier")
     if cfg.virtual_tokens is None:
         cfg.virtual_tokens = VIRTUAL_TOKENS
     if cfg.encoder_hidden_size is not None and not cfg.prefix_projection:

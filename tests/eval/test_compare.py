@@ -133,6 +133,3 @@ def test_cli_refuses_bad_flags(prepared, capsys):
     args = parser.parse_args(["compare", "--data", str(prepared), "--methods", "lora-r4,qlora-r2"])
     with pytest.raises(LorakitError, match="choose from full, head"):
         args.func(args)
-    args = parser.parse_args(["compare", "--task", "classify", "--data", str(prepared), "--methods", "lora-r4,prompt-n20"])
-    with pytest.raises(LorakitError, match="prompt-n20 with --task classify: .* not supported for classification"):
-        args.func(args)

@@ -20,7 +20,8 @@ from lorakit.eval.compare_classify import train_settings, trainable_counts
 from lorakit.train.config import TrainConfig
 from tests.train.classify_data import CLASSES, prepare, save_tiny, write_records
 
-CHOSEN = ("full", "lora-r4", "dora-r8")  # both kinds of saved output (a model, an adapter), both adapter kinds
+# both kinds of saved output (a model, an adapter), LoRA and DoRA, and virtual tokens with the head beside them
+CHOSEN = ("full", "lora-r4", "dora-r8", "prompt-n20")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,8 @@ def test_every_method_once_for_the_same_epochs_at_its_own_rate(compared):
         assert r["lr"] == TrainConfig(task="classify", method=r["method"]).lr  # train's own rate for the method
         config = (out / "runs" / r["name"] / "train_config.yaml").read_text()
         assert "task: classify" in config and f"method: {r['method']}" in config
-    assert len({r["lr"] for r in result["runs"]}) == 2  # full fine-tuning takes a smaller rate than the rest
+    lr = {r["name"]: r["lr"] for r in result["runs"]}
+    assert lr["full"] < lr["lora-r4"] == lr["dora-r8"] < lr["prompt-n20"]  # each method at its own rate
 
 
 def test_one_lr_overrides_every_methods_own():
@@ -75,6 +77,9 @@ def test_trainable_parameters(compared):
     assert t["head"] < t["lora-r4"] < t["lora-r8"] < t["lora-r16"] < t["full"]
     assert t["lora-r16"] - t["lora-r8"] == 2 * (t["lora-r8"] - t["lora-r4"])  # LoRA's parameters grow with r
     assert t["dora-r8"] > t["lora-r8"]  # + a magnitude per output feature
+    hidden, layers = model.config.hidden_size, model.config.num_hidden_layers
+    assert t["prompt-n20"] == t["head"] + 20 * hidden  # 20 embeddings beside the head
+    assert t["prefix-n20"] == t["head"] + 20 * layers * 2 * hidden  # 20 keys and values a layer
     for r in result["runs"]:
         assert r["trainable"] == t[r["name"]]
         assert r["trainable_pct"] == pytest.approx(100.0 * t[r["name"]] / total)

@@ -210,7 +210,6 @@ REFUSED = [
     (["--method", "prompt", "--prompt-init", "text"], "needs --prompt-init-text"),
     (["--method", "prompt", "--prompt-init-text", "hi"], "add --prompt-init text"),
     (["--method", "prompt", "--prompt-init", "words"], "--prompt-init 'words'"),
-    (["--method", "prefix", "--task", "classify"], "not supported for classification yet"),
     (["--method", "prompt", "--packing"], "packed samples would share them"),
     (["--method", "prefix", "--grad-checkpoint"], "--grad-checkpoint with --method prefix"),
     (["--method", "prefix", "--targets", "attention"], "--targets is a LoRA setting"),
