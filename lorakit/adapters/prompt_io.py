@@ -186,8 +186,8 @@ def virtual_peft_type(path: str | os.PathLike) -> str | None:
     return peft_type if peft_type in PEFT_TYPES else None
 
 
-def _read(model: torch.nn.Module, path: str | os.PathLike, trainable: bool
-          ) -> tuple[PrefixTuningConfig | PromptTuningConfig, dict[str, torch.Tensor], VirtualShape]:
+def read_virtual_folder(model: torch.nn.Module, path: str | os.PathLike, trainable: bool = False
+                        ) -> tuple[PrefixTuningConfig | PromptTuningConfig, dict[str, torch.Tensor], VirtualShape]:
     """``(config, tensors, shape)`` of the prefix/prompt folder `path`, every field and tensor checked
     against `model` (which is not changed)."""
     path = Path(path)
@@ -218,7 +218,7 @@ def read_virtual_adapter(model: torch.nn.Module, path: str | os.PathLike, *, tra
     """``(config, prompt_embeddings, shape)`` of the prefix/prompt folder `path`, every field and the
     tensors checked against `model` (which is not changed). The tensor is (N, layers*2*token_dim) for
     prefix tuning, (N, hidden size) for prompt tuning, as saved."""
-    config, tensors, shape = _read(model, path, trainable)
+    config, tensors, shape = read_virtual_folder(model, path, trainable)
     return config, tensors[TENSOR], shape
 
 
@@ -228,16 +228,24 @@ def load_virtual_adapter(model: torch.nn.Module, path: str | os.PathLike, name: 
     with its trained head); every field and tensor is checked first, so on any error the model is
     left as it was. A prefix trained with `prefix_projection` loads as its saved output (the MLP is
     not in the file), so not trainable."""
-    config, tensors, _ = _read(model, path, trainable)
+    config, tensors, _ = read_virtual_folder(model, path, trainable)
     try:
-        if isinstance(config, PrefixTuningConfig):
-            record = add_prefix_tuning(model, config, name, weights=tensors[TENSOR], trainable=trainable)
-        else:
-            record = add_prompt_tuning(model, config, name, weights=tensors[TENSOR], trainable=trainable)
+        return attach_virtual_tensors(model, config, tensors, name, trainable=trainable)
     except AdapterLoadError:
         raise
     except LorakitError as exc:
         raise AdapterLoadError(f"{path}: {exc}") from None
+
+
+def attach_virtual_tensors(model: torch.nn.Module, config: PrefixTuningConfig | PromptTuningConfig,
+                           tensors: dict[str, torch.Tensor], name: str = "default", *,
+                           trainable: bool = False) -> VirtualAdapter:
+    """Attach what `read_virtual_folder` read from a folder (checked against this `model`): the prefix or
+    prompt, and a classifier's head."""
+    if isinstance(config, PrefixTuningConfig):
+        record = add_prefix_tuning(model, config, name, weights=tensors[TENSOR], trainable=trainable)
+    else:
+        record = add_prompt_tuning(model, config, name, weights=tensors[TENSOR], trainable=trainable)
     load_heads(model, name, record.heads, tensors)
     return record
 

@@ -31,6 +31,7 @@ from lorakit.adapters.tasks import SEQ_CLS, classifier_heads, task_type
 from lorakit.errors import AdapterLoadError
 
 HEAD_PREFIX = "base_model."  # PEFT's key prefix of a prompt-learning adapter's saved head
+REPLACED = "lorakit_replaced"  # __dict__ key, on a head wrapper, of the module it stands in for
 
 
 def wrap_heads(model: nn.Module, name: str, trainable: bool) -> tuple[str, ...]:
@@ -40,18 +41,20 @@ def wrap_heads(model: nn.Module, name: str, trainable: bool) -> tuple[str, ...]:
         return ()
     heads = tuple(classifier_heads(model))
     for head in heads:
-        wrapper = ModulesToSave.from_base(model._modules[head], name)
+        held = model._modules[head]  # a LoRA classifier's wrapper, where one is loaded (a server's base)
+        wrapper = ModulesToSave.from_base(held.original_module if isinstance(held, ModulesToSave) else held, name)
         wrapper.modules_to_save[name].requires_grad_(trainable)
+        wrapper.__dict__[REPLACED] = held  # not a submodule: the state dict holds the head once
         model._modules[head] = wrapper
     return heads
 
 
 def unwrap_heads(model: nn.Module, heads: tuple[str, ...]) -> None:
-    """Put the base's own heads back (undoes `wrap_heads`)."""
+    """Put back the modules `wrap_heads` replaced."""
     for head in heads:
         wrapper = model._modules[head]
-        if isinstance(wrapper, ModulesToSave):
-            model._modules[head] = wrapper.original_module
+        if isinstance(wrapper, ModulesToSave) and REPLACED in wrapper.__dict__:
+            model._modules[head] = wrapper.__dict__[REPLACED]
 
 
 def head_state(model: nn.Module, name: str, heads: tuple[str, ...]) -> dict[str, torch.Tensor]:

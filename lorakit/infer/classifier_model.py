@@ -5,7 +5,9 @@ Such a model cannot generate text, so no engine runs: the model is
 `lorakit.classifier.load_classifier`'s, its SEQ_CLS adapters load onto it as they do for `lorakit
 eval --task classify` (each with its own copy of the head), and one lock keeps a load, an unload
 and a classification from overlapping (a classification sets its adapter active, then runs the
-model). The base itself classifies when it has a head of its own.
+model). A prefix- or prompt-tuning classifier is read and checked when it loads, and attached by
+its hooks for the classifications that name it only (they would act on every row otherwise). The
+base itself classifies when it has a head of its own.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from pathlib import Path
 
 import torch
 
-from lorakit.adapters import adapters, delete_adapter, disable_adapters, set_adapter
+from lorakit.adapters import adapters, delete_adapter, disable_adapters, remove_virtual_adapter, set_adapter
 from lorakit.adapters.io import PREFIX, attach_adapter, prepare_adapter, read_adapter_weights
+from lorakit.adapters.prompt_io import attach_virtual_tensors, read_virtual_folder, virtual_peft_type
+from lorakit.adapters.virtual_cls import HEAD_PREFIX
 from lorakit.errors import AdapterLoadError, LorakitError
 from lorakit.families import family_for
 from lorakit.infer import hotswap
 from lorakit.infer.classifier_runner import in_chunks, padded, read_labels
-from lorakit.infer.request import EngineError, UnknownAdapterError
+from lorakit.infer.request import EngineError, PromptTooLongError, UnknownAdapterError
 
 
 def head_classes(folder: Path, config) -> int | None:
@@ -34,7 +38,8 @@ def head_classes(folder: Path, config) -> int | None:
     except AdapterLoadError:
         return None
     hidden = getattr(config.get_text_config(), "hidden_size", None)
-    heads = tuple(f"{PREFIX}{h}." for h in family_for(config).cls_heads)
+    # LoRA files key the head base_model.model.<head>, prefix/prompt ones base_model.<head> (PEFT's layouts)
+    heads = tuple(f"{p}{h}." for p in (PREFIX, HEAD_PREFIX) for h in family_for(config).cls_heads)
     counts = {t.shape[0] for k, t in tensors.items()
               if k.startswith(heads) and k.endswith("weight") and t.ndim == 2 and t.shape[0] != hidden}
     return counts.pop() if len(counts) == 1 else None
@@ -59,6 +64,7 @@ class ClassifierModel:
         self.own_head = own_head
         self.base_labels = labels
         self._labels: dict[str, list[str]] = {}
+        self._virtual: dict[str, tuple] = {}  # prefix/prompt adapter name -> (config, tensors), read and checked
         self._lock = threading.Lock()
 
     def names(self) -> tuple[str, ...]:
@@ -95,9 +101,14 @@ class ClassifierModel:
                 raise hotswap.AdapterConflictError(f"an adapter named {name!r} is already loaded; unload it first "
                                                    "or pick another name")
             try:  # refuses a causal-LM adapter, or a head of another number of classes
-                prepared = prepare_adapter(self.model, target, name)
-                labels = read_labels(target, int(self.model.config.num_labels))
-                attach_adapter(self.model, prepared)
+                if virtual_peft_type(target):
+                    config, tensors, _ = read_virtual_folder(self.model, target)
+                    labels = read_labels(target, int(self.model.config.num_labels))
+                    self._virtual[name] = (config, tensors)
+                else:
+                    prepared = prepare_adapter(self.model, target, name)
+                    labels = read_labels(target, int(self.model.config.num_labels))
+                    attach_adapter(self.model, prepared)
             except AdapterLoadError as exc:
                 raise hotswap.AdapterIncompatibleError(str(exc)) from None
             self.model.eval()  # new LoRA dropout modules start in training mode
@@ -108,7 +119,8 @@ class ClassifierModel:
         with self._lock:
             if name not in self._labels:
                 raise UnknownAdapterError(f"no adapter named {name!r}; loaded: {', '.join(self._labels) or 'none'}")
-            delete_adapter(self.model, name)
+            if self._virtual.pop(name, None) is None:
+                delete_adapter(self.model, name)
             del self._labels[name]
 
     def classify(self, name: str | None, rows: list[list[int]]) -> tuple[torch.Tensor, list[str]]:
@@ -125,8 +137,27 @@ class ClassifierModel:
             if name is None:
                 with disable_adapters(self.model):
                     return in_chunks(rows, chunk), list(self.base_labels or [])
+            if name in self._virtual:
+                return self._classify_virtual(name, rows, chunk), self._labels[name]
             set_adapter(self.model, name)
             return in_chunks(rows, chunk), self._labels[name]
+
+    def _classify_virtual(self, name: str, rows: list[list[int]], chunk) -> torch.Tensor:
+        """`chunk` over `rows` with prefix/prompt classifier `name` attached and every LoRA adapter off
+        (under the lock); rows that leave its virtual tokens no room in the position table are refused."""
+        config, tensors = self._virtual[name]
+        positions = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        longest = max((len(r) for r in rows), default=0)
+        if isinstance(positions, int) and longest + config.num_virtual_tokens > positions:
+            raise PromptTooLongError(f"an input of {longest} tokens and adapter {name!r}'s "
+                                     f"{config.num_virtual_tokens} virtual tokens exceed the model's {positions} "
+                                     f"positions; send at most {positions - config.num_virtual_tokens} tokens")
+        with disable_adapters(self.model):
+            attach_virtual_tensors(self.model, config, tensors, name)
+            try:
+                return in_chunks(rows, chunk)
+            finally:
+                remove_virtual_adapter(self.model)
 
 
 def load_classifier_base(spec, adapter_dirs: list[Path], precision: str = "auto") -> tuple:

@@ -289,6 +289,9 @@ def encoder(tmp_path_factory):
     run_training(TrainConfig(model=str(base), data=str(data), out=str(root / "adapters" / "cls"), task="classify",
                              batch_size=8, max_steps=4, lr=1e-2, warmup=0, schedule="constant", rank=4, seed=0,
                              progress=False, threads=1, precision="fp32", max_seq_len=64))
+    run_training(TrainConfig(model=str(base), data=str(data), out=str(root / "adapters" / "pro"), task="classify",
+                             method="prompt", virtual_tokens=4, batch_size=8, max_steps=4, warmup=0,
+                             schedule="constant", seed=0, progress=False, threads=1, precision="fp32", max_seq_len=60))
     return root
 
 
@@ -327,6 +330,32 @@ def test_an_encoder_with_a_classification_adapter_serves_classify_only(encoder):
         assert [d["probs"] for d in again["data"]] == [d["probs"] for d in reply["data"]]
         assert delete(server.url + "/v1/adapters/again").status_code == 200
         _envelope(_classify(server.url, "again", "the"), 404)
+    finally:
+        server.stop()
+
+
+def test_a_prompt_tuning_classifier_is_served_beside_a_lora_one(encoder):
+    """A PROMPT_TUNING SEQ_CLS folder and a LoRA one on one encoder base: each request gets its own
+    adapter's probabilities (the prompt's hooks are on for its requests only), and an input that
+    leaves the virtual tokens no room in the position table is refused in one line."""
+    from lorakit.adapters import load_adapter
+    from lorakit.infer.classify_server import build_classifier_app
+
+    base, root = encoder / "bert", encoder / "adapters"
+    app = build_classifier_app(base, "bert", [("pro", root / "pro"), ("cls", root / "cls")], [], precision="fp32",
+                               quantize=None, max_context=2048, api_key=None, adapter_root=root)
+    server = LiveServer(app)
+    try:
+        for name in ("pro", "cls", "pro"):  # in turn: the prompt's hooks leave the LoRA classifier as it was
+            model, tok = load_classifier(base, list(CLASSES), head_from_adapter=True)
+            load_adapter(model, root / name)
+            model.eval()
+            reply = _classify(server.url, name, ENCODER_TEXTS).raise_for_status().json()
+            for text, item in zip(ENCODER_TEXTS, reply["data"]):
+                assert (torch.tensor(item["probs"], dtype=torch.float64) - _expected(model, tok, text)).abs().max() <= TOL
+        assert "send at most 60 tokens" in _envelope(_classify(server.url, "pro", " ".join(["the"] * 62)), 400)
+        assert delete(server.url + "/v1/adapters/pro").status_code == 200
+        _envelope(_classify(server.url, "pro", "the"), 404)
     finally:
         server.stop()
 
